@@ -1,0 +1,212 @@
+"""Checkpoints: safetensors weights + the training state, written atomically, verified on load.
+
+Layout (the contract later tools build on)::
+
+    RUN/checkpoints/
+      step-000001000/
+        G.safetensors       generator weights and buffers, plain names (no module./_orig_mod.)
+        D.safetensors       discriminator
+        G_ema.safetensors   EMA generator (absent when ema.enabled=false)
+        state.pt            optimizers, loss scalers, step, images seen, RNG states;
+                            loaded with torch.load(weights_only=True): no code runs on load
+        manifest.json       step, images seen, data position, resolved config, and for every file
+                            its size and sha256; written last, so a directory without it is incomplete
+      latest                text file naming the newest complete checkpoint directory
+
+A checkpoint is written to ``.tmp-step-*``, every file fsynced, then renamed into place; ``latest``
+is replaced atomically afterwards, and only then are old checkpoints beyond ``keep_last`` removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHT_FILES = ("G.safetensors", "D.safetensors", "G_ema.safetensors")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, corrupted or does not fit the model."""
+
+
+def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with DDP/compile prefixes stripped and tensors made contiguous on the CPU."""
+    out = {}
+    for k, v in module.state_dict().items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        k = k.replace("._orig_mod.", ".").replace(".module.", ".")
+        out[k] = v.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def step_dirname(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+def save(ckpt_root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict,
+         manifest_extra: dict, keep_last: int) -> Path:
+    """Write one checkpoint atomically and point ``latest`` at it. Call on one rank only."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / step_dirname(step)
+    tmp = ckpt_root / f".tmp-{step_dirname(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    files = {}
+    for name, sd in weights.items():
+        save_file(sd, str(tmp / name))
+    torch.save(state, tmp / "state.pt")
+    for p in sorted(tmp.iterdir()):
+        _fsync_file(p)
+        files[p.name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    manifest = {"format": 1, "step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files,
+                **manifest_extra}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    _fsync_file(tmp / "manifest.json")
+    _fsync_dir(tmp)
+    if final.exists():  # the same step written again (e.g. a resumed run stopped at once): replace it last
+        old = ckpt_root / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(ckpt_root)
+    atomic_write_text(ckpt_root / "latest", final.name + "\n")
+    prune(ckpt_root, keep_last, protect={final.name})
+    return final
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete-looking checkpoint directories, newest first."""
+    if not ckpt_root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def prune(ckpt_root: Path, keep_last: int, protect: set[str] = frozenset()) -> None:
+    for p in list_checkpoints(ckpt_root)[keep_last:]:
+        if p.name not in protect:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in ckpt_root.glob(".tmp-step-*"):  # left by a crash mid-write
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def verify(ckpt: Path) -> dict:
+    """Check the manifest and every file's size and sha256; return the manifest or raise CheckpointError."""
+    mpath = ckpt / "manifest.json"
+    if not mpath.is_file():
+        raise CheckpointError(f"{mpath} is missing: {ckpt} is not a complete checkpoint")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{mpath} is not valid JSON ({e}): the checkpoint is corrupted") from None
+    for name, meta in manifest.get("files", {}).items():
+        p = ckpt / name
+        if not p.is_file():
+            raise CheckpointError(f"{p} is missing (listed in the manifest)")
+        size = p.stat().st_size
+        if size != meta["bytes"]:
+            raise CheckpointError(f"{p} has {size} bytes, the manifest says {meta['bytes']}: truncated or replaced")
+        if _sha256(p) != meta["sha256"]:
+            raise CheckpointError(f"{p} fails its sha256 check against the manifest: the file is corrupted")
+    return manifest
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A run dir (its latest good checkpoint) or one checkpoint directory -> a checkpoint directory."""
+    p = Path(path)
+    if (p / "manifest.json").exists() or _STEP_DIR.match(p.name):
+        return p
+    root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    found = find_latest_good(root, warn=print)
+    if found is None:
+        raise CheckpointError(f"no checkpoint found under {p} (looked for {root}/step-*/manifest.json)")
+    return found
+
+
+def find_latest_good(ckpt_root: Path, warn=print) -> Path | None:
+    """The newest checkpoint that verifies, trying ``latest`` first; bad ones are reported and skipped."""
+    candidates = list_checkpoints(ckpt_root)
+    latest = ckpt_root / "latest"
+    if latest.is_file():
+        named = ckpt_root / latest.read_text().strip()
+        if named in candidates:
+            candidates.remove(named)
+            candidates.insert(0, named)
+    for c in candidates:
+        try:
+            verify(c)
+            return c
+        except CheckpointError as e:
+            warn(f"[distgan] skipping bad checkpoint: {e}; falling back to the previous one")
+    return None
+
+
+def load_weights(ckpt: Path, name: str, module: nn.Module) -> None:
+    """Load a safetensors file into a module; a shape or key mismatch names the tensor and both shapes."""
+    path = ckpt / name
+    try:
+        sd = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not fit the model of this config: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}; was it written with another model config?")
+    for k, v in sd.items():
+        if v.shape != own[k].shape:
+            raise CheckpointError(f"{path}: tensor {k!r} has shape {list(v.shape)} in the checkpoint but "
+                                  f"{list(own[k].shape)} in the model of this config (incompatible config)")
+    module.load_state_dict(sd)
+
+
+def load_state(ckpt: Path) -> dict:
+    try:
+        return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {ckpt / 'state.pt'} safely: {e}") from None

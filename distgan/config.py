@@ -1,0 +1,366 @@
+"""Typed run configuration: dataclasses, YAML loading, environment and dotted command-line overrides.
+
+Precedence, lowest to highest: dataclass defaults < YAML file < environment (``DISTGAN_DATA_DIR``)
+< command line (``train.max_steps=200``). Unknown keys, wrong types and impossible values fail at
+load time with a :class:`ConfigError` that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, mistyped or impossible. The message names the key."""
+
+
+def _choices(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; choose one of {sorted(allowed)}")
+
+
+def _positive(name: str, value, *, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"{name}={value!r} must be {'>= 0' if zero_ok else '> 0'}")
+
+
+@dataclass
+class ModelConfig:
+    generator: str = "paper_mlp"
+    """Generator architecture, a key of ``distgan.networks.GENERATORS``."""
+    discriminator: str = "paper_maxout"
+    """Discriminator architecture, a key of ``distgan.networks.DISCRIMINATORS``."""
+    z_dim: int = 100
+    """Dimension of the noise vector z."""
+    noise: Literal["uniform", "normal"] = "uniform"
+    """Noise distribution: ``uniform`` in [-sqrt(3), sqrt(3)] (unit variance, the paper's) or ``normal``."""
+    width: int = 0
+    """Architecture-specific width (hidden units or base channels); 0 keeps the architecture's default."""
+    sync_batchnorm: bool = False
+    """Convert BatchNorm layers to SyncBatchNorm under DDP (conv nets)."""
+
+    def __post_init__(self):
+        from distgan.networks import DISCRIMINATORS, GENERATORS
+
+        _choices("model.generator", self.generator, GENERATORS)
+        _choices("model.discriminator", self.discriminator, DISCRIMINATORS)
+        _choices("model.noise", self.noise, {"uniform", "normal"})
+        _positive("model.z_dim", self.z_dim)
+        _positive("model.width", self.width, zero_ok=True)
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["mnist"] = "mnist"
+    """Dataset name. ``mnist``: train[0:50000] for training, train[50000:60000] for validation."""
+    root: str = "data"
+    """Directory holding ``MNIST/raw/*-idx?-ubyte`` (torchvision layout); overridden by $DISTGAN_DATA_DIR."""
+    download: bool = True
+    """Download MNIST into ``root`` when the files are missing (needs internet)."""
+
+    def __post_init__(self):
+        _choices("data.dataset", self.dataset, {"mnist"})
+
+
+@dataclass
+class LossConfig:
+    name: str = "nonsaturating"
+    """GAN loss, a key of ``distgan.losses.LOSSES``: minimax (Algorithm 1), nonsaturating (paper s.3), hinge."""
+
+    def __post_init__(self):
+        from distgan.losses import LOSSES
+
+        _choices("loss.name", self.name, LOSSES)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adam"] = "adam"
+    """Optimizer for both networks: ``sgd`` (with momentum, the paper's) or ``adam``."""
+    lr: float = 2e-4
+    """Learning rate of D (and of G unless ``lr_g`` is set)."""
+    lr_g: float = 0.0
+    """Learning rate of G; 0 means the same as ``lr``."""
+    betas: tuple[float, float] = (0.5, 0.999)
+    """Adam betas."""
+    momentum: float = 0.5
+    """SGD momentum at step 0."""
+    final_momentum: float = 0.5
+    """SGD momentum reached linearly at ``momentum_saturate_epochs``."""
+    momentum_saturate_epochs: float = 250.0
+    """Epoch (of the training split at the global batch size) where momentum reaches ``final_momentum``."""
+    lr_decay: float = 1.0
+    """Per-step exponential decay: lr_t = lr / lr_decay**t (the paper: 1.000004)."""
+    min_lr: float = 0.0
+    """Floor of the decayed learning rate (the paper: 1e-6)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up over this many steps (0: none)."""
+    weight_decay: float = 0.0
+    """L2 weight decay for both networks."""
+
+    def __post_init__(self):
+        _choices("optim.name", self.name, {"sgd", "adam"})
+        _positive("optim.lr", self.lr)
+        _positive("optim.lr_g", self.lr_g, zero_ok=True)
+        _positive("optim.min_lr", self.min_lr, zero_ok=True)
+        _positive("optim.warmup_steps", self.warmup_steps, zero_ok=True)
+        _positive("optim.weight_decay", self.weight_decay, zero_ok=True)
+        if self.lr_decay < 1.0:
+            raise ConfigError(f"optim.lr_decay={self.lr_decay} must be >= 1 (lr_t = lr / lr_decay**t)")
+        for name in ("momentum", "final_momentum"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"optim.{name}={v} must be in [0, 1)")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = True
+    """Keep an exponential moving average of G's weights (used for sampling by default)."""
+    halflife_images: float = 10_000.0
+    """Half-life of the EMA in training images: beta = 0.5 ** (global_batch / halflife_images)."""
+    rampup: float = 0.05
+    """Cap the half-life at ``rampup`` x images seen, so early averages do not remember the init (0: off)."""
+
+    def __post_init__(self):
+        _positive("ema.halflife_images", self.halflife_images)
+        _positive("ema.rampup", self.rampup, zero_ok=True)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 10_000
+    """Number of steps; one step = k D updates followed by one G update."""
+    batch_size: int = 100
+    """Global batch size (all ranks together) for every D and G update."""
+    d_steps: int = 1
+    """k: discriminator updates per generator update (Algorithm 1), each on fresh data and noise."""
+    grad_accum: int = 1
+    """Micro-batches per update (per-rank batch = batch_size / (world_size x grad_accum))."""
+    seed: int = 0
+    """Seed; noise, dropout and data order derive from (seed, rank, step)."""
+    ckpt_every: int = 1000
+    """Write a checkpoint every this many steps (and at the end)."""
+    keep_last: int = 3
+    """Keep this many recent checkpoints (older ones are deleted after a new one is complete)."""
+    resume: str = "no"
+    """``no`` (refuse a run dir that has checkpoints), ``auto`` (latest good checkpoint, fresh if none) or a path."""
+    log_every: int = 50
+    """Read, reduce and log metrics every this many steps (no host sync in between)."""
+    sample_every: int = 1000
+    """Log a grid of the EMA generator on fixed noise every this many steps (0: only at the end)."""
+    consistency_every: int = 0
+    """Compare replica checksums of G, D and EMA every this many steps (0: only at checkpoints)."""
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "d_steps", "grad_accum", "ckpt_every", "keep_last", "log_every"):
+            _positive(f"train.{name}", getattr(self, name))
+        for name in ("sample_every", "consistency_every"):
+            _positive(f"train.{name}", getattr(self, name), zero_ok=True)
+        if self.resume not in ("no", "auto") and not self.resume:
+            raise ConfigError("train.resume must be 'no', 'auto' or a checkpoint path")
+
+
+@dataclass
+class RuntimeConfig:
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision: ``auto`` = bf16 on a GPU that supports it, else fp32; ``fp16`` uses one loss scaler per network."""
+    cpu: bool = False
+    """Force the CPU even when a GPU is present."""
+    compile: bool = False
+    """torch.compile G and D (before DDP wrapping)."""
+    compile_mode: Literal["default", "max-autotune", "reduce-overhead"] = "default"
+    """torch.compile mode."""
+    tf32: bool = True
+    """Allow TF32 matmuls on GPUs."""
+    threads: int = 0
+    """torch intra-op threads per process on the CPU; 0 leaves torch's default."""
+    pg_timeout_s: int = 600
+    """Process-group timeout in seconds: a desynchronised collective fails after this long."""
+    expected_world_size: int = 0
+    """Fail at start unless the world size equals this (0: accept any); the launcher's own figure is also checked."""
+
+    def __post_init__(self):
+        _choices("runtime.precision", self.precision, {"auto", "no", "bf16", "fp16"})
+        _choices("runtime.compile_mode", self.compile_mode, {"default", "max-autotune", "reduce-overhead"})
+        _positive("runtime.threads", self.threads, zero_ok=True)
+        _positive("runtime.pg_timeout_s", self.pg_timeout_s)
+        if self.precision == "fp16" and self.cpu:
+            raise ConfigError("runtime.precision=fp16 needs a GPU; on the CPU use 'no' or 'bf16'")
+
+
+@dataclass
+class WandbConfig:
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """``auto``: online when an API key is set, else offline. $WANDB_MODE overrides."""
+    project: str = "distgan"
+    """W&B project."""
+    entity: str = ""
+    """W&B entity (team or user); empty for the default."""
+    name: str = ""
+    """Run name; empty uses the run dir's name."""
+
+    def __post_init__(self):
+        _choices("wandb.mode", self.mode, {"auto", "online", "offline", "disabled"})
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 10_000
+    """Samples drawn for the end-of-run Parzen estimate (the paper: 10,000)."""
+    at_end: bool = False
+    """Compute the Parzen estimate when training finishes and log it."""
+
+    def __post_init__(self):
+        _positive("eval.num_samples", self.num_samples)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        def conv(v):
+            if isinstance(v, tuple):
+                return list(v)
+            return v
+
+        return {s.name: {k: conv(v) for k, v in dataclasses.asdict(getattr(self, s.name)).items()}
+                for s in dataclasses.fields(self)}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+def _coerce(key: str, value: Any, tp) -> Any:
+    """Check ``value`` against the annotation ``tp``; parse strings from the command line."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}={value!r} must be a list of {len(args)} values, e.g. [0.5, 0.999]")
+        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported annotation for {key}")
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r} must be a boolean (true or false)")
+    if tp is int:
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                raise ConfigError(f"{key}={value!r} must be an integer") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer, got {type(value).__name__}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{key}={value!r} must be a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number, got {type(value).__name__}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list, bool)):
+            raise ConfigError(f"{key}={value!r} must be a string (quote it in YAML: \"no\", not no)")
+        return str(value)
+    raise TypeError(f"unsupported annotation {tp} for {key}")
+
+
+def _section_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _set(raw: dict, dotted: str, value: Any) -> None:
+    section, _, name = dotted.partition(".")
+    if not name or "." in name:
+        raise ConfigError(f"override {dotted!r} must look like section.key=value, e.g. train.max_steps=200")
+    raw.setdefault(section, {})[name] = value
+
+
+def build(raw: dict) -> Config:
+    """Turn a nested dict into a validated :class:`Config`; unknown sections and keys are errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a config must be a mapping of sections (model, data, train, ...)")
+    top = _section_types(Config)
+    sections = {}
+    for sname, values in raw.items():
+        if sname not in top:
+            raise ConfigError(f"unknown config section {sname!r}; allowed: {sorted(top)}")
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {sname!r} must be a mapping of keys, got {values!r}")
+        cls = top[sname]
+        hints = _section_types(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"unknown config key {sname}.{key}; allowed keys in {sname}: {sorted(hints)}")
+            kwargs[key] = _coerce(f"{sname}.{key}", value, hints[key])
+        sections[sname] = cls(**kwargs)
+    return Config(**sections)
+
+
+def load(path: str | os.PathLike | None, overrides: list[str] = (), env: dict | None = None) -> Config:
+    """Load a YAML config, apply environment and ``key=value`` overrides, validate, resolve paths."""
+    env = os.environ if env is None else env
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; pick one from configs/")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+        raw = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in raw.items()}
+    if env.get("DISTGAN_DATA_DIR"):
+        _set(raw, "data.root", env["DISTGAN_DATA_DIR"])
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=200")
+        key, _, value = item.partition("=")
+        _set(raw, key.strip(), value)  # a string; _coerce parses it by the field's type
+    cfg = build(raw)
+    cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+    if cfg.train.resume not in ("no", "auto"):
+        cfg.train.resume = str(Path(cfg.train.resume).expanduser().resolve())
+    return cfg

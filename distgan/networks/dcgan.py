@@ -1,0 +1,61 @@
+"""DCGAN-style conv nets for 28x28 images (Radford et al. 2016): BatchNorm in G, LeakyReLU(0.2) in D."""
+
+from __future__ import annotations
+
+import einops
+import torch
+from torch import nn
+
+
+def _dcgan_init(module: nn.Module) -> None:
+    """N(0, 0.02) weights for conv/linear layers, N(1, 0.02) for BatchNorm scales (DCGAN paper)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class DCGANGenerator28(nn.Module):
+    """z -> Linear(4w x 7 x 7) BN ReLU -> ConvT 14x14 (2w) BN ReLU -> ConvT 28x28 (C) tanh."""
+
+    data_range = (-1.0, 1.0)
+
+    def __init__(self, z_dim: int = 100, width: int = 64, image_shape=(1, 28, 28)):
+        super().__init__()
+        c, h, w = image_shape
+        assert (h, w) == (28, 28), f"dcgan28 makes 28x28 images, the config asks for {h}x{w}"
+        self.z_dim, self.image_shape, self.width = z_dim, tuple(image_shape), width
+        self.fc = nn.Linear(z_dim, 4 * width * 7 * 7, bias=False)
+        self.bn0 = nn.BatchNorm1d(4 * width * 7 * 7)
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, c, 4, 2, 1),
+        )
+        _dcgan_init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn0(self.fc(z)))
+        h = einops.rearrange(h, "b (c h w) -> b c h w", h=7, w=7)
+        return torch.tanh(self.up(h))
+
+
+class DCGANDiscriminator28(nn.Module):
+    """Conv 14x14 (w) LReLU -> Conv 7x7 (2w) LReLU -> Linear 1 (logit)."""
+
+    def __init__(self, image_shape=(1, 28, 28), width: int = 64):
+        super().__init__()
+        c, h, w = image_shape
+        self.net = nn.Sequential(
+            nn.Conv2d(c, width, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2),
+        )
+        self.fc = nn.Linear(2 * width * (h // 4) * (w // 4), 1)
+        _dcgan_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = einops.rearrange(self.net(x), "b c h w -> b (c h w)")
+        return einops.rearrange(self.fc(h), "b 1 -> b")

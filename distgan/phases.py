@@ -1,0 +1,102 @@
+"""The GAN step, split into phases (StyleGAN2-ADA style): the only place GAN maths meets the Accelerator.
+
+Algorithm 1 of Goodfellow et al. 2014: k updates of D, each on a fresh real minibatch and fresh
+noise, then one update of G. Synchronisation rules under DDP:
+
+- D's phase: G runs unwrapped under ``no_grad`` (no graph, no all-reduce for G); real and fake go
+  through the DDP-wrapped D in one concatenated forward, so DDP sees one forward per backward.
+- G's phase: D's parameters have ``requires_grad=False`` and D runs *unwrapped*, so no D gradient is
+  computed, accumulated or all-reduced, and DDP needs no ``find_unused_parameters``; gradients still
+  flow through D to G's output.
+- Gradient accumulation: every micro-step but the last runs under ``no_sync`` of the network being
+  trained, so the all-reduce happens once per update.
+- fp16: each network has its own GradScaler, stepped and updated once per update of that network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from distgan.losses import GANLoss
+from distgan.runtime import autocast
+
+
+@dataclass
+class Net:
+    """One network's phase record."""
+
+    net: nn.Module
+    """The plain module (parameters, checkpoints)."""
+    fwd: nn.Module
+    """The forward used while the *other* network trains: compiled if enabled, never DDP-wrapped."""
+    train_fwd: nn.Module
+    """The forward used while this network trains: DDP-wrapped when distributed."""
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None = None
+
+
+class GANStep:
+    def __init__(self, accelerator, G: Net, D: Net, loss: GANLoss, precision: str):
+        self.acc, self.G, self.D, self.loss, self.precision = accelerator, G, D, loss, precision
+        self.device = accelerator.device
+
+    def _sync(self, module: nn.Module, last: bool):
+        return contextlib.nullcontext() if last else self.acc.no_sync(module)
+
+    def _backward(self, loss: torch.Tensor, scaler) -> None:
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            self.acc.backward(loss)
+
+    @staticmethod
+    def _update(n: Net) -> None:
+        if n.scaler is not None:
+            n.scaler.step(n.opt)  # skips the step when this network's gradients overflowed
+            n.scaler.update()
+        else:
+            n.opt.step()
+
+    def d_step(self, reals: list[torch.Tensor], noises: list[torch.Tensor]) -> torch.Tensor:
+        """One D update over ``len(reals)`` micro-batches. Returns [loss, D(x), D(G(z))] on device."""
+        G, D = self.G, self.D
+        D.net.requires_grad_(True)
+        D.opt.zero_grad(set_to_none=True)
+        n = len(reals)
+        stats = torch.zeros(3, device=self.device)
+        for i, (x, z) in enumerate(zip(reals, noises)):
+            with self._sync(D.train_fwd, last=i == n - 1):
+                with torch.no_grad(), autocast(self.precision, self.device):
+                    fake = G.fwd(z)
+                with autocast(self.precision, self.device):
+                    logits = D.train_fwd(torch.cat([x, fake.to(x.dtype)])).float()
+                    real_l, fake_l = logits.chunk(2)
+                    loss = self.loss.d(real_l, fake_l)
+                self._backward(loss / n, D.scaler)
+            stats += torch.stack([loss.detach(), torch.sigmoid(real_l.detach()).mean(),
+                                  torch.sigmoid(fake_l.detach()).mean()]) / n
+        self._update(D)
+        return stats
+
+    def g_step(self, noises: list[torch.Tensor]) -> torch.Tensor:
+        """One G update over ``len(noises)`` micro-batches. Returns [loss] on device."""
+        G, D = self.G, self.D
+        D.net.requires_grad_(False)
+        G.opt.zero_grad(set_to_none=True)
+        n = len(noises)
+        stats = torch.zeros(1, device=self.device)
+        try:
+            for i, z in enumerate(noises):
+                with self._sync(G.train_fwd, last=i == n - 1):
+                    with autocast(self.precision, self.device):
+                        loss = self.loss.g(D.fwd(G.train_fwd(z)).float())
+                    self._backward(loss / n, G.scaler)
+                stats += loss.detach() / n
+        finally:
+            D.net.requires_grad_(True)
+        self._update(G)
+        return stats

@@ -1,0 +1,118 @@
+"""Where distributed, precision and compile concerns live: Accelerator construction, autocast, loss
+scalers, per-(seed, rank, step) seeds, torch.compile, and rank-0-only output."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+
+import torch
+from torch import nn
+
+from distgan.config import Config, ConfigError
+
+
+class LaunchError(RuntimeError):
+    """The processes that were started do not form the group the launcher asked for."""
+
+
+def build_accelerator(cfg: Config):
+    """An Accelerator with mixed precision left to distgan (one loss scaler per network, see phases)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    launcher_mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launcher_mp not in ("", "no"):
+        raise ConfigError(
+            f"the accelerate launcher asks for mixed_precision={launcher_mp!r}; distgan owns precision: set "
+            f"mixed_precision: 'no' in the accelerate config and choose runtime.precision=auto|no|bf16|fp16")
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    cpu = cfg.runtime.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    acc = Accelerator(
+        cpu=cpu,
+        mixed_precision="no",
+        kwargs_handlers=[
+            InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.runtime.pg_timeout_s)),
+            # Every parameter of the module DDP wraps gets a gradient in its own phase, so DDP need not
+            # search the graph; buffers (BatchNorm statistics) are broadcast from rank 0 each forward.
+            DistributedDataParallelKwargs(find_unused_parameters=False, broadcast_buffers=True),
+        ],
+    )
+    check_world_size(acc.num_processes, cfg.runtime.expected_world_size)
+    if acc.device.type == "cuda" and cfg.runtime.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return acc
+
+
+def check_world_size(actual: int, expected_cfg: int = 0, env=None) -> None:
+    """Fail loudly when the process group is not what the launcher or the config asked for.
+
+    ``torchrun --nproc_per_node 2`` without the CPU flag (or accelerate's ``--cpu --num_processes 2``)
+    starts processes that each believe they are alone: the run would train two unsynchronised models.
+    """
+    env = os.environ if env is None else env
+    launched = int(env.get("WORLD_SIZE", "0") or 0)
+    if launched and launched != actual:
+        raise LaunchError(
+            f"the launcher started WORLD_SIZE={launched} processes but they joined a group of {actual}; on CPU use "
+            f"`accelerate launch --config_file launch/cpu_debug.yaml` or set ACCELERATE_USE_CPU=1 with torchrun")
+    if expected_cfg and expected_cfg != actual:
+        raise LaunchError(f"runtime.expected_world_size={expected_cfg} but the process group has {actual} processes")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on a GPU that supports it, else fp32 ('no'). fp16 is refused off CUDA."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("runtime.precision=fp16 needs a CUDA GPU (loss scaling); on the CPU use 'no' or 'bf16'")
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_scaler(precision: str, device: torch.device):
+    """One GradScaler per network for fp16, so D's overflow never skips G's step; None otherwise."""
+    if precision != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+def step_seed(seed: int, rank: int, step: int, salt: int = 0) -> int:
+    """A 63-bit seed from (seed, rank, step): noise and dropout of a step do not depend on history."""
+    x = (seed * 0x9E3779B97F4A7C15 + rank * 0xBF58476D1CE4E5B9 + step * 0x94D049BB133111EB + salt) & (2**64 - 1)
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) & (2**64 - 1)
+    x ^= x >> 32
+    return x & (2**63 - 1)
+
+
+def maybe_compile(module: nn.Module, cfg: Config) -> nn.Module:
+    """torch.compile before DDP wrapping: accelerate's dynamo_backend on a DDP module compiles little."""
+    if not cfg.runtime.compile:
+        return module
+    return torch.compile(module, mode=None if cfg.runtime.compile_mode == "default" else cfg.runtime.compile_mode)
+
+
+class RankZero:
+    """The one place rank-0-only output goes through."""
+
+    def __init__(self, accelerator):
+        self.acc = accelerator
+        self.main = accelerator.is_main_process
+
+    def print(self, *args, **kwargs):
+        if self.main:
+            kwargs.setdefault("flush", True)
+            print(*args, **kwargs)
+
+    def run(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs) if self.main else None

@@ -1,0 +1,383 @@
+"""Builds everything from a Config and runs the loop. The hot part is ``Trainer.train``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from distgan import checkpoint as ckpt_lib
+from distgan.config import Config, ConfigError
+from distgan.data.mnist import load_split
+from distgan.data.sampler import ShardedBatches
+from distgan.ema import ema_beta, make_ema, update_ema
+from distgan.losses import LOSSES
+from distgan.networks import build_discriminator, build_generator
+from distgan.phases import GANStep, Net
+from distgan.runtime import (RankZero, build_accelerator, make_scaler, maybe_compile, resolve_precision,
+                             step_seed)
+
+IMAGE_SHAPE = (1, 28, 28)
+_NOISE_SALT = {"d": 1, "g": 2}
+
+
+class RunDirError(RuntimeError):
+    """The run dir holds another run, or cannot be used."""
+
+
+def sample_noise(n: int, z_dim: int, kind: str, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform in [-sqrt(3), sqrt(3)] (unit variance, the paper's) or standard normal noise."""
+    if kind == "uniform":
+        return (torch.rand(n, z_dim, device=device, generator=generator) * 2.0 - 1.0) * math.sqrt(3.0)
+    return torch.randn(n, z_dim, device=device, generator=generator)
+
+
+def to_float(images_u8: torch.Tensor, data_range: tuple[float, float]) -> torch.Tensor:
+    lo, hi = data_range
+    return images_u8.float() * ((hi - lo) / 255.0) + lo
+
+
+def to_uint8(images: torch.Tensor, data_range: tuple[float, float]) -> torch.Tensor:
+    lo, hi = data_range
+    return ((images.float() - lo) * (255.0 / (hi - lo))).round().clamp(0, 255).to(torch.uint8)
+
+
+def build_networks(cfg: Config) -> tuple[nn.Module, nn.Module]:
+    G = build_generator(cfg.model.generator, cfg.model.z_dim, cfg.model.width, IMAGE_SHAPE)
+    D = build_discriminator(cfg.model.discriminator, cfg.model.width, IMAGE_SHAPE)
+    return G, D
+
+
+def build_optimizer(cfg: Config, params, lr: float) -> torch.optim.Optimizer:
+    o = cfg.optim
+    # foreach: one kernel per group of tensors instead of one per tensor; fused Adam only on CUDA.
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay, foreach=True)
+
+
+def param_checksums(modules: dict[str, nn.Module], device) -> tuple[list[str], torch.Tensor]:
+    """An int64 checksum of the raw bits of every parameter and buffer: any bit flip changes it."""
+    names, sums = [], []
+    for mname, m in modules.items():
+        for k, t in list(m.named_parameters()) + list(m.named_buffers()):
+            t = t.detach().contiguous()
+            bits = t.view(torch.int32) if t.element_size() == 4 else t.view(torch.uint8).to(torch.int32)
+            w = torch.arange(1, bits.numel() + 1, device=t.device, dtype=torch.int64) % 1_000_003
+            sums.append((bits.reshape(-1).to(torch.int64) * w).sum())
+            names.append(f"{mname}.{k}")
+    return names, torch.stack(sums).to(device)
+
+
+def run_metadata() -> dict:
+    """What made this run: git commit of the source tree, package versions, command line, host."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    src = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    versions = {}
+    for pkg in ("distgan", "torch", "torchvision", "accelerate", "safetensors", "wandb", "webdataset", "einops",
+                "numpy", "PyYAML"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {"git_commit": commit, "git_dirty": dirty, "versions": versions, "python": sys.version.split()[0],
+            "host": platform.node(), "argv": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | os.PathLike, accelerator=None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir).resolve()
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.acc = accelerator or build_accelerator(cfg)
+        self.rank0 = RankZero(self.acc)
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.device = self.acc.device
+        t = cfg.train
+        if t.batch_size % (self.world * t.grad_accum):
+            raise ConfigError(
+                f"train.batch_size={t.batch_size} (global) must be divisible by world size {self.world} x "
+                f"train.grad_accum {t.grad_accum}; pick e.g. train.batch_size={self.world * t.grad_accum * max(1, t.batch_size // (self.world * t.grad_accum))}")
+        self.micro = t.batch_size // (self.world * t.grad_accum)
+        self.precision = resolve_precision(cfg.runtime.precision, self.device)
+        self.step = 0
+        self._setup()
+
+    # ------------------------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        cfg, acc = self.cfg, self.acc
+        resume_from = self._resume_target()  # fails before anything is built or written
+
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+        G, D = build_networks(cfg)
+        self.data_range = G.data_range
+        images, _ = load_split(cfg.data.root, "train", cfg.data.download)
+        if hasattr(G, "init_output_bias"):
+            G.init_output_bias(images.float().mean(0) / 255.0)
+        self.data = ShardedBatches(images.to(self.device), cfg.train.batch_size, self.rank, self.world,
+                                   cfg.train.seed, cfg.train.grad_accum)
+        if cfg.model.sync_batchnorm and self.world > 1:
+            G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+            D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
+        G, D = G.to(self.device), D.to(self.device)
+        self.G_ema = make_ema(G) if cfg.ema.enabled else None
+
+        lr_g = cfg.optim.lr_g or cfg.optim.lr
+        opt_g = build_optimizer(cfg, G.parameters(), lr_g)
+        opt_d = build_optimizer(cfg, D.parameters(), cfg.optim.lr)
+        G_fwd, D_fwd = maybe_compile(G, cfg), maybe_compile(D, cfg)
+        G_train, D_train = acc.prepare(G_fwd, D_fwd) if self.world > 1 else (G_fwd, D_fwd)
+        self.G = Net(G, G_fwd, G_train, opt_g, make_scaler(self.precision, self.device))
+        self.D = Net(D, D_fwd, D_train, opt_d, make_scaler(self.precision, self.device))
+        self.gan = GANStep(acc, self.G, self.D, LOSSES[cfg.loss.name], self.precision)
+        g = torch.Generator().manual_seed(cfg.train.seed + 0xF1C5)
+        self.fixed_noise = sample_noise(64, cfg.model.z_dim, cfg.model.noise, "cpu", g).to(self.device)
+
+        if resume_from is not None:
+            self._load(resume_from)
+        self.rank0.print(
+            f"[distgan] world size {self.world} | backend {self._backend()} | device {self.device} | "
+            f"precision {self.precision} | compile {cfg.runtime.compile} | global batch {cfg.train.batch_size} "
+            f"= {self.world} ranks x {cfg.train.grad_accum} micro x {self.micro} | "
+            + (f"resumed from {resume_from} at step {self.step}" if resume_from else "fresh start"))
+        self._write_run_files(resumed=resume_from is not None)
+
+    def _backend(self) -> str:
+        import torch.distributed as dist
+
+        return dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+
+    def _resume_target(self) -> Path | None:
+        resume = self.cfg.train.resume
+        existing = ckpt_lib.list_checkpoints(self.ckpt_root)
+        if resume == "no":
+            if existing:
+                raise RunDirError(
+                    f"run dir {self.run_dir} already holds a run (checkpoint {existing[0].name}); continue it "
+                    f"with train.resume=auto or choose a new --run-dir. Nothing was changed.")
+            return None
+        if resume == "auto":
+            warn = self.rank0.print
+            found = ckpt_lib.find_latest_good(self.ckpt_root, warn=warn)
+            if found is None and existing:
+                raise ckpt_lib.CheckpointError(
+                    f"every checkpoint under {self.ckpt_root} failed verification; refusing to start over "
+                    f"in a run dir that holds a run. Move it away or choose a new --run-dir.")
+            return found
+        path = ckpt_lib.resolve(resume)
+        ckpt_lib.verify(path)
+        return path
+
+    def _write_run_files(self, resumed: bool) -> None:
+        def write():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt_lib.atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+            meta = {**run_metadata(), "world_size": self.world, "precision": self.precision,
+                    "device": str(self.device), "resumed_at_step": self.step if resumed else None}
+            with open(self.run_dir / "runs.jsonl", "a") as f:  # one line per start, so resumes stay visible
+                f.write(json.dumps(meta) + "\n")
+
+        self.rank0.run(write)
+        self.acc.wait_for_everyone()
+
+    # --------------------------------------------------------------------- test hooks / data / noise
+    def real_batch(self, global_batch_index: int, micro: int) -> torch.Tensor:
+        """This rank's real micro-batch as floats in the generator's data range (tests may override)."""
+        return to_float(self.data.batch(global_batch_index, micro), self.data_range)
+
+    def noise(self, n: int) -> torch.Tensor:
+        """Noise from the global generator, which is reseeded from (seed, rank, step) every step."""
+        return sample_noise(n, self.cfg.model.z_dim, self.cfg.model.noise, self.device)
+
+    # -------------------------------------------------------------------------------- schedule
+    def apply_schedule(self, step: int) -> dict[str, float]:
+        o = self.cfg.optim
+        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+        decay = o.lr_decay ** (-step) if o.lr_decay != 1.0 else 1.0
+        lr_d = max(o.lr * decay, o.min_lr) * warm
+        lr_g = max((o.lr_g or o.lr) * decay, o.min_lr) * warm
+        out = {"lr/D": lr_d, "lr/G": lr_g}
+        epoch = step * self.cfg.train.d_steps / self.data.batches_per_epoch
+        mom = o.momentum + (o.final_momentum - o.momentum) * min(1.0, epoch / o.momentum_saturate_epochs)
+        for net, lr in ((self.D, lr_d), (self.G, lr_g)):
+            for group in net.opt.param_groups:
+                group["lr"] = lr
+                if o.name == "sgd":
+                    group["momentum"] = mom
+        if o.name == "sgd":
+            out["momentum"] = mom
+        return out
+
+    # ------------------------------------------------------------------------------------ loop
+    def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Algorithm 1: k D updates on fresh real batches and noise, then one G update."""
+        cfg = self.cfg
+        torch.manual_seed(step_seed(cfg.train.seed, self.rank, step))  # noise and dropout of this step
+        accum, k = cfg.train.grad_accum, cfg.train.d_steps
+        d_stats = 0
+        for i in range(k):
+            j = step * k + i
+            reals = [self.real_batch(j, m) for m in range(accum)]
+            noises = [self.noise(self.micro) for _ in range(accum)]
+            d_stats = d_stats + self.gan.d_step(reals, noises) / k
+        g_stats = self.gan.g_step([self.noise(self.micro) for _ in range(accum)])
+        if self.G_ema is not None:
+            b = cfg.train.batch_size
+            beta = ema_beta(b, cfg.ema.halflife_images, (step + 1) * b, cfg.ema.rampup)
+            update_ema(self.G_ema, self.G.net, beta)
+        return d_stats, g_stats
+
+    def train(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        tracker = self.rank0.run(self._make_tracker)
+        acc_stats = torch.zeros(4, device=self.device)  # summed on device, read once per log tick
+        n_acc, t_last, step_last = 0, time.perf_counter(), self.step
+        last_logged: dict = {}
+        try:
+            while self.step < t.max_steps:
+                sched = self.apply_schedule(self.step)
+                d_stats, g_stats = self.train_step(self.step)
+                acc_stats += torch.cat([d_stats, g_stats])
+                n_acc += 1
+                self.step += 1
+                self.rank0.run(tracker.advance)
+                done = self.step == t.max_steps
+                if self.step % t.log_every == 0 or done:
+                    now = time.perf_counter()
+                    ips = (self.step - step_last) * t.batch_size * t.d_steps / max(now - t_last, 1e-9)
+                    last_logged = self._log_tick(tracker, acc_stats / n_acc, sched, ips)
+                    acc_stats.zero_(); n_acc = 0; t_last, step_last = now, self.step
+                if t.sample_every and self.step % t.sample_every == 0 or done:
+                    self._grid(tracker)
+                if t.consistency_every and self.step % t.consistency_every == 0:
+                    self.check_replicas()
+                if self.step % t.ckpt_every == 0 or done:
+                    self.save_checkpoint()
+        finally:
+            self.rank0.run(lambda: tracker.close())
+        return last_logged
+
+    def _make_tracker(self):
+        from distgan.tracking import Tracker
+
+        return Tracker(self.cfg, self.run_dir, self.cfg.train.max_steps, self.step)
+
+    def _log_tick(self, tracker, stats: torch.Tensor, sched: dict, ips_local: float) -> dict:
+        stats = self.acc.reduce(stats.clone(), reduction="mean") if self.world > 1 else stats
+        ips = torch.tensor([ips_local], device=self.device)
+        ips = self.acc.reduce(ips, reduction="sum") if self.world > 1 else ips
+        v = stats.tolist()  # the one host sync per tick
+        metrics = {"loss/D": v[0], "D(x)": v[1], "D(G(z))": v[2], "loss/G": v[3], "img/s": ips.item(),
+                   "images_seen": self.step * self.cfg.train.batch_size * self.cfg.train.d_steps, **sched}
+        self.rank0.run(tracker.log, self.step, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, weights: str = "ema") -> torch.Tensor:
+        net = self.G_ema if weights == "ema" and self.G_ema is not None else self.G.net
+        was_training = net.training
+        net.eval()
+        out = to_uint8(net(z), self.data_range)
+        net.train(was_training)
+        return out
+
+    def _grid(self, tracker) -> None:
+        if self.acc.is_main_process:
+            tracker.grid(self.step, self.generate(self.fixed_noise).cpu())
+
+    # ------------------------------------------------------------------- replicas and checkpoints
+    def _modules(self) -> dict[str, nn.Module]:
+        mods = {"G": self.G.net, "D": self.D.net}
+        if self.G_ema is not None:
+            mods["G_ema"] = self.G_ema
+        return mods
+
+    def _sync_buffers(self) -> None:
+        """BatchNorm statistics differ per rank between DDP forwards; take rank 0's, as DDP's next forward would."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for m in self._modules().values():
+            for b in m.buffers():
+                dist.broadcast(b, src=0)
+
+    def check_replicas(self) -> None:
+        """Every rank compares checksums of G, D and EMA parameters and buffers; a mismatch stops the run."""
+        if self.world == 1:
+            return
+        self._sync_buffers()
+        names, sums = param_checksums(self._modules(), self.device)
+        gathered = self.acc.gather(sums.unsqueeze(0)).reshape(self.world, -1)
+        bad = (gathered != gathered[0]).any(0).nonzero().flatten().tolist()
+        if bad:
+            raise RuntimeError(f"replicas diverged at step {self.step}: tensor {names[bad[0]]!r} differs between "
+                               f"ranks ({len(bad)} tensors in all); this is a bug in synchronisation, not your data")
+
+    def training_state(self) -> dict:
+        def rng():
+            st = np.random.get_state()
+            return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                    "numpy": torch.from_numpy(st[1].astype(np.int64)),
+                    "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0)}
+
+        return {"step": self.step, "images_seen": self.step * self.cfg.train.batch_size * self.cfg.train.d_steps,
+                "opt_G": self.G.opt.state_dict(), "opt_D": self.D.opt.state_dict(),
+                "scaler_G": self.G.scaler.state_dict() if self.G.scaler else {},
+                "scaler_D": self.D.scaler.state_dict() if self.D.scaler else {},
+                "rng_rank0": rng()}
+
+    def save_checkpoint(self) -> Path | None:
+        self.check_replicas()
+        self._sync_buffers()
+        self.acc.wait_for_everyone()
+        path = None
+        if self.acc.is_main_process:
+            weights = {"G.safetensors": ckpt_lib.plain_state_dict(self.G.net),
+                       "D.safetensors": ckpt_lib.plain_state_dict(self.D.net)}
+            if self.G_ema is not None:
+                weights["G_ema.safetensors"] = ckpt_lib.plain_state_dict(self.G_ema)
+            j = self.step * self.cfg.train.d_steps
+            epoch, offset = self.data.position(j)
+            extra = {"images_seen": j * self.cfg.train.batch_size, "world_size": self.world,
+                     "data": {"global_batches": j, "epoch": epoch, "batch_in_epoch": offset},
+                     "config": self.cfg.to_dict()}
+            path = ckpt_lib.save(self.ckpt_root, self.step, weights, self.training_state(), extra,
+                                 self.cfg.train.keep_last)
+        self.acc.wait_for_everyone()
+        return path
+
+    def _load(self, path: Path) -> None:
+        ckpt_lib.load_weights(path, "G.safetensors", self.G.net)
+        ckpt_lib.load_weights(path, "D.safetensors", self.D.net)
+        if self.G_ema is not None:
+            name = "G_ema.safetensors" if (path / "G_ema.safetensors").exists() else "G.safetensors"
+            ckpt_lib.load_weights(path, name, self.G_ema)
+        state = ckpt_lib.load_state(path)
+        self.G.opt.load_state_dict(state["opt_G"])
+        self.D.opt.load_state_dict(state["opt_D"])
+        for net, key in ((self.G, "scaler_G"), (self.D, "scaler_D")):
+            if net.scaler is not None and state.get(key):
+                net.scaler.load_state_dict(state[key])
+        self.step = int(state["step"])
+        if self.step > self.cfg.train.max_steps:
+            raise ConfigError(f"checkpoint {path} is at step {self.step}, beyond train.max_steps="
+                              f"{self.cfg.train.max_steps}; raise train.max_steps to continue")
