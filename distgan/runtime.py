@@ -29,7 +29,10 @@ def build_accelerator(cfg: Config):
             f"mixed_precision: 'no' in the accelerate config and choose runtime.precision=auto|no|bf16|fp16")
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
-    cpu = cfg.runtime.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    # accelerate's multi-process launcher does not pass `use_cpu` on to the workers; without cpu=True a
+    # CPU-only machine would start processes that never join one group (DistributedType.NO).
+    cpu = (cfg.runtime.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+           or not torch.cuda.is_available())
     acc = Accelerator(
         cpu=cpu,
         mixed_precision="no",

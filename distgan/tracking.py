@@ -42,8 +42,21 @@ def save_png(array_hwc: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-class Tracker:
-    """Only constructed on rank 0 (see runtime.RankZero)."""
+class NullTracker:
+    """What ranks other than 0 hold: every call is a no-op."""
+
+    active = False
+
+    def log(self, step, metrics): pass
+    def advance(self, n=1): pass
+    def grid(self, step, images): pass
+    def close(self): pass
+
+
+class Tracker(NullTracker):
+    """Rank 0's tracker: metrics.jsonl, sample grids, progress bar and W&B."""
+
+    active = True
 
     def __init__(self, cfg, run_dir: Path, total_steps: int, start_step: int):
         self.run_dir = run_dir

@@ -247,7 +247,7 @@ class Trainer:
 
     def train(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
-        tracker = self.rank0.run(self._make_tracker)
+        tracker = self._make_tracker()  # a no-op tracker on ranks other than 0
         acc_stats = torch.zeros(4, device=self.device)  # summed on device, read once per log tick
         n_acc, t_last, step_last = 0, time.perf_counter(), self.step
         last_logged: dict = {}
@@ -258,7 +258,7 @@ class Trainer:
                 acc_stats += torch.cat([d_stats, g_stats])
                 n_acc += 1
                 self.step += 1
-                self.rank0.run(tracker.advance)
+                tracker.advance()
                 done = self.step == t.max_steps
                 if self.step % t.log_every == 0 or done:
                     now = time.perf_counter()
@@ -272,12 +272,14 @@ class Trainer:
                 if self.step % t.ckpt_every == 0 or done:
                     self.save_checkpoint()
         finally:
-            self.rank0.run(lambda: tracker.close())
+            tracker.close()
         return last_logged
 
     def _make_tracker(self):
-        from distgan.tracking import Tracker
+        from distgan.tracking import NullTracker, Tracker
 
+        if not self.acc.is_main_process:
+            return NullTracker()
         return Tracker(self.cfg, self.run_dir, self.cfg.train.max_steps, self.step)
 
     def _log_tick(self, tracker, stats: torch.Tensor, sched: dict, ips_local: float) -> dict:
@@ -287,7 +289,7 @@ class Trainer:
         v = stats.tolist()  # the one host sync per tick
         metrics = {"loss/D": v[0], "D(x)": v[1], "D(G(z))": v[2], "loss/G": v[3], "img/s": ips.item(),
                    "images_seen": self.step * self.cfg.train.batch_size * self.cfg.train.d_steps, **sched}
-        self.rank0.run(tracker.log, self.step, metrics)
+        tracker.log(self.step, metrics)
         return metrics
 
     @torch.no_grad()
@@ -300,7 +302,7 @@ class Trainer:
         return out
 
     def _grid(self, tracker) -> None:
-        if self.acc.is_main_process:
+        if tracker.active:
             tracker.grid(self.step, self.generate(self.fixed_noise).cpu())
 
     # ------------------------------------------------------------------- replicas and checkpoints

@@ -1,0 +1,96 @@
+"""Generate images from a checkpoint.
+
+    python -m distgan.sample --checkpoint runs/paper --num 10000 --out samples.npz [--seed 0] [--weights ema|raw]
+    python -m distgan.sample --checkpoint runs/paper --num 64 --out grid.png
+
+``--checkpoint`` is a run dir (its latest good checkpoint) or one checkpoint directory. The npz holds
+``images``: uint8 ``[N, C, H, W]``. Same checkpoint + same seed + same device = the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def load_generator(checkpoint: str | os.PathLike, weights: str = "ema", device="cpu"):
+    """(generator in eval mode, its Config, the checkpoint directory) from a run dir or checkpoint."""
+    from distgan import checkpoint as ckpt_lib
+    from distgan.config import build
+    from distgan.trainer import build_networks
+
+    path = ckpt_lib.resolve(checkpoint)
+    manifest = ckpt_lib.verify(path)
+    cfg = build(manifest["config"])
+    G, _ = build_networks(cfg)
+    name = {"ema": "G_ema.safetensors", "raw": "G.safetensors"}[weights]
+    if weights == "ema" and not (path / name).exists():
+        print(f"[distgan] {path} has no EMA weights (ema.enabled=false); using the raw generator", file=sys.stderr)
+        name = "G.safetensors"
+    ckpt_lib.load_weights(path, name, G)
+    return G.to(device).eval(), cfg, path
+
+
+@torch.no_grad()
+def generate(G, cfg, num: int, seed: int, batch_size: int = 500, device="cpu") -> torch.Tensor:
+    """uint8 ``[num, C, H, W]``; the noise comes from a CPU generator seeded with ``seed``."""
+    from distgan.trainer import sample_noise, to_uint8
+
+    g = torch.Generator().manual_seed(seed)
+    z = sample_noise(num, cfg.model.z_dim, cfg.model.noise, "cpu", g)
+    out = [to_uint8(G(z[i:i + batch_size].to(device)), G.data_range).cpu() for i in range(0, num, batch_size)]
+    return torch.cat(out)
+
+
+def write_output(images: torch.Tensor, out: Path) -> None:
+    """Write an .npz (key ``images``) or a .png grid atomically: no partial file where a good one was."""
+    from distgan.tracking import image_grid, save_png
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".png":
+        save_png(image_grid(images), out)
+        return
+    buf = io.BytesIO()
+    np.savez(buf, images=images.numpy())
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distgan.sample", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="run dir or checkpoint directory")
+    p.add_argument("--num", type=int, default=64, help="number of images (default %(default)s)")
+    p.add_argument("--out", required=True, help="output .npz (key 'images', uint8 [N,C,H,W]) or .png grid")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=["ema", "raw"], default="ema", help="EMA generator (default) or trained G")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if out.suffix not in (".npz", ".png"):
+        print(f"distgan: --out {out} must end in .npz or .png", file=sys.stderr)
+        return 2
+    if args.num <= 0:
+        print(f"distgan: --num must be positive, got {args.num}", file=sys.stderr)
+        return 2
+    from distgan.checkpoint import CheckpointError
+
+    try:
+        G, cfg, path = load_generator(args.checkpoint, args.weights, args.device)
+    except CheckpointError as e:
+        print(f"distgan: {e}", file=sys.stderr)
+        return 2
+    images = generate(G, cfg, args.num, args.seed, device=args.device)
+    write_output(images, out)
+    print(f"[distgan] wrote {out} ({tuple(images.shape)} uint8) from {path} ({args.weights} weights, seed {args.seed})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
