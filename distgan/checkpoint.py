@@ -198,10 +198,10 @@ def load_weights(ckpt: Path, name: str, module: nn.Module) -> None:
     if missing or unexpected:
         raise CheckpointError(f"{path} does not fit the model of this config: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}; was it written with another model config?")
-    for k, v in sd.items():
-        if v.shape != own[k].shape:
-            raise CheckpointError(f"{path}: tensor {k!r} has shape {list(v.shape)} in the checkpoint but "
-                                  f"{list(own[k].shape)} in the model of this config (incompatible config)")
+    bad = [f"tensor {k!r} has shape {list(v.shape)} in the checkpoint but {list(own[k].shape)} in the model"
+           for k, v in sorted(sd.items()) if v.shape != own[k].shape]
+    if bad:
+        raise CheckpointError(f"{path} was written with an incompatible config: " + "; ".join(bad))
     module.load_state_dict(sd)
 
 

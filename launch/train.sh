@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up (first time) and train, on whatever hardware is here: all local GPUs through accelerate
+# launch, or the CPU. Running it again resumes the run dir (train.resume=auto).
+#   ./launch/train.sh [CONFIG] [RUN_DIR] [section.key=value ...]
+# defaults: configs/mnist_paper.yaml runs/paper
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/launch/setup.sh"
+cd "$ROOT"
+CONFIG="${1:-configs/mnist_paper.yaml}"; [ $# -gt 0 ] && shift
+RUN_DIR="${1:-runs/paper}"; [ $# -gt 0 ] && shift
+NGPU=0
+if command -v nvidia-smi >/dev/null 2>&1; then NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
+if [ "$NGPU" -gt 1 ]; then
+  exec accelerate launch --config_file launch/multi_gpu.yaml --num_processes "$NGPU" \
+    -m distgan.train --config "$CONFIG" --run-dir "$RUN_DIR" train.resume=auto "$@"
+elif [ "$NGPU" -eq 1 ]; then
+  exec accelerate launch --config_file launch/single_gpu.yaml \
+    -m distgan.train --config "$CONFIG" --run-dir "$RUN_DIR" train.resume=auto "$@"
+else
+  exec python -m distgan.train --config "$CONFIG" --run-dir "$RUN_DIR" train.resume=auto "$@"
+fi

@@ -1,0 +1,126 @@
+"""configs/debug.yaml on real MNIST, as a user runs it: train, checkpoints, W&B offline, sample, resume."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run(args, env_extra=None, check=True):
+    env = {**os.environ, **(env_extra or {})}
+    p = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory, data_dir):
+    run_dir = tmp_path_factory.mktemp("e2e") / "dbg"
+    p = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.progress=false"],
+            {"WANDB_MODE": "offline"})
+    return run_dir, p
+
+
+def test_checkpoints_exist_and_load(debug_run):
+    run_dir, _ = debug_run
+    ckpts = sorted((run_dir / "checkpoints").glob("step-*"))
+    assert [c.name for c in ckpts] == ["step-000000020", "step-000000040"]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000000040"
+    for name in ("G.safetensors", "D.safetensors", "G_ema.safetensors"):
+        sd = load_file(str(ckpts[-1] / name))
+        assert sd and all(not k.startswith(("module.", "_orig_mod.")) for k in sd)
+        assert all(torch.isfinite(v).all() for v in sd.values())
+    manifest = json.loads((ckpts[-1] / "manifest.json").read_text())
+    assert manifest["step"] == 40 and manifest["images_seen"] == 4000
+    state = torch.load(ckpts[-1] / "state.pt", weights_only=True)
+    assert state["step"] == 40 and "opt_G" in state and "opt_D" in state
+    assert (run_dir / "config.yaml").exists() and (run_dir / "runs.jsonl").exists()
+    assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == ["step-000000020.png", "step-000000040.png"]
+
+
+def test_wandb_offline_run_dir(debug_run):
+    run_dir, _ = debug_run
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((run_dir / "wandb").iterdir())
+    assert list(runs[0].glob("*.wandb")), "the offline run holds no .wandb log"
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    assert runs[0].name.endswith(run_id)
+
+
+def test_metrics_log(debug_run):
+    run_dir, _ = debug_run
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40]
+    for r in rows:
+        assert {"loss/D", "loss/G", "D(x)", "D(G(z))", "img/s", "lr/D"} <= set(r)
+        assert 0 < r["D(x)"] < 1 and 0 < r["D(G(z))"] < 1
+
+
+def test_sample_npz_and_png(debug_run, tmp_path):
+    run_dir, _ = debug_run
+    out = tmp_path / "s.npz"
+    run(["distgan.sample", "--checkpoint", str(run_dir), "--num", "37", "--out", str(out), "--seed", "3"])
+    images = np.load(out)["images"]
+    assert images.shape == (37, 1, 28, 28) and images.dtype == np.uint8
+    again = tmp_path / "s2.npz"
+    run(["distgan.sample", "--checkpoint", str(run_dir / "checkpoints" / "step-000000040"), "--num", "37",
+         "--out", str(again), "--seed", "3"])
+    assert np.array_equal(np.load(again)["images"], images), "same checkpoint + seed must give the same bytes"
+    raw = tmp_path / "raw.npz"
+    run(["distgan.sample", "--checkpoint", str(run_dir), "--num", "37", "--out", str(raw), "--seed", "3",
+         "--weights", "raw"])
+    assert not np.array_equal(np.load(raw)["images"], images), "raw and EMA weights gave the same images"
+    png = tmp_path / "grid.png"
+    run(["distgan.sample", "--checkpoint", str(run_dir), "--num", "16", "--out", str(png)])
+    from PIL import Image
+
+    assert Image.open(png).size == (2 + 4 * 30, 2 + 4 * 30)
+
+
+def test_evaluate_parzen_prints_estimate(debug_run, tmp_path):
+    run_dir, _ = debug_run
+    js = tmp_path / "e.json"
+    p = run(["distgan.evaluate", "--checkpoint", str(run_dir), "--metrics", "parzen", "--num", "500",
+             "--json", str(js)])
+    assert "Parzen log-likelihood:" in p.stdout
+    res = json.loads(js.read_text())
+    assert np.isfinite(res["parzen_ll"]) and res["num"] == 500
+
+
+def test_resume_continues_from_saved_step(debug_run):
+    run_dir, _ = debug_run
+    refused = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir),
+                   "train.max_steps=50"], check=False)
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    p = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.max_steps=50",
+             "train.resume=auto", "train.progress=false"])
+    assert "at step 40" in p.stdout
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows][-1] == 50 and [r["step"] for r in rows].count(40) == 1
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000000050"
+
+
+def test_dry_run_prints_resolved_config(tmp_path):
+    p = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(tmp_path / "x"), "--dry-run",
+             "train.max_steps=7"])
+    assert "max_steps: 7" in p.stdout and not (tmp_path / "x").exists()
+
+
+def test_missing_data_is_one_clear_error(tmp_path):
+    p = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(tmp_path / "r"),
+             "data.download=false"], {"DISTGAN_DATA_DIR": str(tmp_path / "empty")}, check=False)
+    assert p.returncode == 2
+    assert "DISTGAN_DATA_DIR" in p.stderr and "train-images-idx3-ubyte" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "r").exists()

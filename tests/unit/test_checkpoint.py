@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from distgan import checkpoint as C
+
+
+def _write(root, step, net, keep=3):
+    return C.save(root, step, {"G.safetensors": C.plain_state_dict(net)}, {"step": step, "opt": {"lr": 0.1}},
+                  {"config": {}}, keep_last=keep)
+
+
+def test_round_trip_with_plain_names(tmp_path):
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    wrapped = torch.compile(net)  # adds _orig_mod. to state-dict keys
+    path = _write(tmp_path, 10, wrapped)
+    keys = set(load_file(str(path / "G.safetensors")))
+    assert keys == set(net.state_dict()) and not any("_orig_mod" in k or "module." in k for k in keys)
+    other = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    C.load_weights(path, "G.safetensors", other)
+    for a, b in zip(net.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    assert C.load_state(path)["step"] == 10
+    assert (tmp_path / "latest").read_text().strip() == path.name
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"G.safetensors", "state.pt"}
+
+
+def test_keep_last_and_latest(tmp_path):
+    net = nn.Linear(2, 2)
+    for s in (1, 2, 3, 4):
+        _write(tmp_path, s, net, keep=2)
+    assert [p.name for p in C.list_checkpoints(tmp_path)] == [C.step_dirname(4), C.step_dirname(3)]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "manifest"])
+def test_corruption_detected_and_auto_falls_back(tmp_path, damage):
+    net = nn.Linear(8, 8)
+    good = _write(tmp_path, 1, net)
+    bad = _write(tmp_path, 2, net)
+    f = bad / "G.safetensors"
+    data = bytearray(f.read_bytes())
+    if damage == "truncate":
+        f.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        data[-3] ^= 0xFF
+        f.write_bytes(bytes(data))
+    else:
+        (bad / "manifest.json").unlink()
+    with pytest.raises(C.CheckpointError) as e:
+        C.verify(bad)
+    assert str(bad) in str(e.value)
+    warnings = []
+    assert C.find_latest_good(tmp_path, warn=warnings.append) == good
+    assert warnings and "skipping bad checkpoint" in warnings[0]
+
+
+def test_shape_mismatch_names_tensor_and_shapes(tmp_path):
+    path = _write(tmp_path, 1, nn.Linear(3, 4))
+    with pytest.raises(C.CheckpointError, match=r"'weight' has shape \[4, 3\] in the checkpoint but \[5, 3\]"):
+        C.load_weights(path, "G.safetensors", nn.Linear(3, 5))
+
+
+def test_state_loads_without_executing_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = _write(tmp_path, 1, nn.Linear(2, 2))
+    torch.save({"x": Evil()}, path / "state.pt")
+    with pytest.raises(C.CheckpointError, match="safely"):
+        C.load_state(path)

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from distgan.config import Config, ConfigError, load
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads(path):
+    cfg = load(path, env={})
+    assert isinstance(cfg, Config)
+    assert Path(cfg.data.root).is_absolute()
+
+
+def test_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {"mnist_paper.yaml", "mnist_paper_exact.yaml", "mnist_dcgan.yaml", "debug.yaml"} <= names
+
+
+def test_overrides_are_typed(tmp_path):
+    cfg = load(None, ["train.max_steps=200", "optim.lr=0.05", "ema.enabled=false", "optim.betas=[0.0,0.99]",
+                      "train.resume=auto", "wandb.name=123"], env={})
+    assert cfg.train.max_steps == 200 and isinstance(cfg.train.max_steps, int)
+    assert cfg.optim.lr == 0.05 and isinstance(cfg.optim.lr, float)
+    assert cfg.ema.enabled is False
+    assert cfg.optim.betas == (0.0, 0.99)
+    assert cfg.train.resume == "auto"
+    assert cfg.wandb.name == "123"
+
+
+def test_precedence_cli_over_env_over_yaml(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("data:\n  root: from_yaml\ntrain:\n  max_steps: 7\n")
+    assert load(y, env={}).data.root == str((Path.cwd() / "from_yaml").resolve())
+    assert load(y, env={"DISTGAN_DATA_DIR": str(tmp_path / "env")}).data.root == str(tmp_path / "env")
+    cfg = load(y, [f"data.root={tmp_path / 'cli'}"], env={"DISTGAN_DATA_DIR": str(tmp_path / "env")})
+    assert cfg.data.root == str(tmp_path / "cli")
+    assert cfg.train.max_steps == 7
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.max_stepz=3"], "unknown config key train.max_stepz"),
+    (["trian.max_steps=3"], "unknown config section 'trian'"),
+    (["train.max_steps=abc"], "train.max_steps='abc' must be an integer"),
+    (["train.max_steps=0"], "train.max_steps=0 must be > 0"),
+    (["optim.lr=fast"], "optim.lr='fast' must be a number"),
+    (["optim.name=rmsprop"], "optim.name='rmsprop' is not allowed"),
+    (["model.generator=paper_mlpp"], "model.generator='paper_mlpp' is not allowed"),
+    (["loss.name=wgan"], "loss.name='wgan' is not allowed"),
+    (["runtime.precision=fp8"], "runtime.precision='fp8' is not allowed"),
+    (["runtime.precision=fp16", "runtime.cpu=true"], "fp16 needs a GPU"),
+    (["ema.enabled=maybe"], "ema.enabled='maybe' must be a boolean"),
+    (["optim.betas=[0.5]"], "optim.betas"),
+    (["optim.lr_decay=0.9"], "optim.lr_decay=0.9 must be >= 1"),
+    (["max_steps=3"], "must look like section.key=value"),
+    (["train.max_steps"], "must look like section.key=value"),
+])
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=None) as e:
+        load(None, overrides, env={})
+    assert message in str(e.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.yaml", env={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(bad, env={})
+    bad.write_text("train:\n  resume: no\n")  # YAML 1.1 reads `no` as a boolean
+    with pytest.raises(ConfigError, match="quote it"):
+        load(bad, env={})
+
+
+def test_resolved_config_round_trips(tmp_path):
+    import yaml
+
+    from distgan.config import build
+
+    cfg = load(None, ["train.max_steps=5", "optim.betas=[0.1,0.2]"], env={})
+    again = build(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg

@@ -1,0 +1,78 @@
+"""Algorithm 1 ordering on the real trainer: k D updates (each on fresh data and noise), then one G update."""
+
+import pytest
+import torch
+
+from distgan.config import load
+from distgan.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory, data_dir):
+    cfg = load(None, ["train.d_steps=2", "train.batch_size=20", "train.progress=false", "wandb.mode=disabled"],
+               env={"DISTGAN_DATA_DIR": data_dir})
+    return Trainer(cfg, tmp_path_factory.mktemp("run"))
+
+
+def snapshot(m):
+    return [p.detach().clone() for p in m.parameters()]
+
+
+def changed(before, m):
+    return any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+
+def test_d_step_changes_d_not_g(trainer):
+    g0, d0 = snapshot(trainer.G.net), snapshot(trainer.D.net)
+    trainer.G.opt.zero_grad(set_to_none=True)
+    trainer.gan.d_step([trainer.real_batch(0, 0)], [trainer.noise(trainer.micro)])
+    assert changed(d0, trainer.D.net) and not changed(g0, trainer.G.net)
+    assert all(p.grad is None for p in trainer.G.net.parameters()), "D's phase built a graph for G"
+
+
+def test_g_step_changes_g_not_d(trainer):
+    g0, d0 = snapshot(trainer.G.net), snapshot(trainer.D.net)
+    trainer.gan.d_step([trainer.real_batch(0, 0)], [trainer.noise(trainer.micro)])  # D has momentum now
+    d1 = snapshot(trainer.D.net)
+    trainer.D.opt.zero_grad(set_to_none=True)
+    trainer.gan.g_step([trainer.noise(trainer.micro)])
+    assert changed(g0, trainer.G.net) and not changed(d1, trainer.D.net)
+    assert all(p.grad is None for p in trainer.D.net.parameters()), "G's phase computed D gradients"
+    assert all(p.requires_grad for p in trainer.D.net.parameters()), "D left frozen after G's phase"
+
+
+def test_k_d_updates_then_one_g_update_on_fresh_batches(trainer):
+    order, batches, noises = [], [], []
+    hooks = [trainer.D.opt.register_step_post_hook(lambda *a: order.append("D")),
+             trainer.G.opt.register_step_post_hook(lambda *a: order.append("G"))]
+    real_batch, noise = trainer.real_batch, trainer.noise
+    trainer.real_batch = lambda j, m: batches.append(j) or real_batch(j, m)
+    trainer.noise = lambda n: noises.append(noise(n)) or noises[-1]
+    try:
+        trainer.train_step(3)
+        trainer.train_step(4)
+    finally:
+        for h in hooks:
+            h.remove()
+        del trainer.real_batch, trainer.noise
+    assert order == ["D", "D", "G", "D", "D", "G"]
+    assert batches == [6, 7, 8, 9]  # a fresh global batch for every D update
+    assert len(noises) == 6 and all(not torch.equal(a, b) for i, a in enumerate(noises) for b in noises[i + 1:])
+
+
+def test_step_is_reproducible_from_seed_rank_step(trainer):
+    torch.manual_seed(123)  # whatever the global state, a step draws from (seed, rank, step)
+    state = {k: v.clone() for k, v in trainer.G.net.state_dict().items()}
+    d_state = {k: v.clone() for k, v in trainer.D.net.state_dict().items()}
+    g_opt, d_opt = trainer.G.opt.state_dict(), trainer.D.opt.state_dict()
+    import copy
+
+    g_opt, d_opt = copy.deepcopy(g_opt), copy.deepcopy(d_opt)
+    trainer.train_step(10)
+    after = [p.clone() for p in trainer.G.net.parameters()]
+    trainer.G.net.load_state_dict(state); trainer.D.net.load_state_dict(d_state)
+    trainer.G.opt.load_state_dict(g_opt); trainer.D.opt.load_state_dict(d_opt)
+    torch.manual_seed(999)
+    trainer.train_step(10)
+    for a, b in zip(after, trainer.G.net.parameters()):
+        assert torch.equal(a, b)
