@@ -262,7 +262,8 @@ class Trainer:
                 done = self.step == t.max_steps
                 if self.step % t.log_every == 0 or done:
                     now = time.perf_counter()
-                    ips = (self.step - step_last) * t.batch_size * t.d_steps / max(now - t_last, 1e-9)
+                    # this rank's real images per second; summed over ranks in _log_tick
+                    ips = (self.step - step_last) * self.micro * t.grad_accum * t.d_steps / max(now - t_last, 1e-9)
                     last_logged = self._log_tick(tracker, acc_stats / n_acc, sched, ips)
                     acc_stats.zero_(); n_acc = 0; t_last, step_last = now, self.step
                 if t.sample_every and self.step % t.sample_every == 0 or done:
