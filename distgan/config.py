@@ -163,8 +163,19 @@ class TrainConfig:
     """Compare replica checksums of G, D and EMA every this many steps (0: only at checkpoints)."""
     progress: bool = True
     """Show a progress bar on rank 0."""
+    nonfinite: Literal["skip", "stop"] = "skip"
+    """Non-finite gradients (checked on device after the all-reduce, so every rank decides alike):
+    ``skip`` the update (parameters and optimizer state untouched), or ``stop`` the run (exit code 3)
+    keeping the last good checkpoint. Checked on the host every log_every steps and before checkpoints."""
+    max_skip_streak: int = 20
+    """Stop (exit code 3) after this many consecutive steps with an update skipped for non-finite gradients."""
+    stop_check_every: int = 10
+    """Ranks agree every this many steps whether a stop signal (SIGTERM, SIGUSR1) arrived on any of them."""
 
     def __post_init__(self):
+        _choices("train.nonfinite", self.nonfinite, {"skip", "stop"})
+        _positive("train.max_skip_streak", self.max_skip_streak)
+        _positive("train.stop_check_every", self.stop_check_every)
         for name in ("max_steps", "batch_size", "d_steps", "grad_accum", "ckpt_every", "keep_last", "log_every"):
             _positive(f"train.{name}", getattr(self, name))
         for name in ("sample_every", "consistency_every"):

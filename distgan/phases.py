@@ -11,6 +11,10 @@ noise, then one update of G. Synchronisation rules under DDP:
 - Gradient accumulation: every micro-step but the last runs under ``no_sync`` of the network being
   trained, so the all-reduce happens once per update.
 - fp16: each network has its own GradScaler, stepped and updated once per update of that network.
+- Non-finite gradients: checked on the device after the all-reduce (so identical on every rank) and
+  handed to the fused optimizer as ``found_inf``, which then skips the update inside the kernel:
+  parameters, moments and step count stay untouched, and no host sync happens. Counts are kept on
+  the device and read by the trainer every few steps.
 """
 
 from __future__ import annotations
@@ -37,12 +41,19 @@ class Net:
     """The forward used while this network trains: DDP-wrapped when distributed."""
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None = None
+    name: str = ""
 
 
 class GANStep:
     def __init__(self, accelerator, G: Net, D: Net, loss: GANLoss, precision: str):
         self.acc, self.G, self.D, self.loss, self.precision = accelerator, G, D, loss, precision
         self.device = accelerator.device
+        self._one = torch.ones((), device=self.device)
+        # device-side guard state: skipped updates per network, current and longest streak of steps with a skip
+        self.skipped = torch.zeros(2, device=self.device)
+        self.streak = torch.zeros((), device=self.device)
+        self.max_streak = torch.zeros((), device=self.device)
+        self._step_found = torch.zeros((), device=self.device)
 
     def _sync(self, module: nn.Module, last: bool):
         return contextlib.nullcontext() if last else self.acc.no_sync(module)
@@ -53,13 +64,27 @@ class GANStep:
         else:
             self.acc.backward(loss)
 
-    @staticmethod
-    def _update(n: Net) -> None:
+    def _update(self, n: Net, index: int) -> None:
+        grads = [p.grad for p in n.net.parameters() if p.grad is not None]
+        found = torch.zeros((), device=self.device)
+        # the op GradScaler uses: sets found=1 if any gradient is inf/nan (multiplying by 1 is exact)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._one)
         if n.scaler is not None:
-            n.scaler.step(n.opt)  # skips the step when this network's gradients overflowed
+            n.scaler.step(n.opt)  # the scaler's own skip on overflow; its scale drops in update()
             n.scaler.update()
-        else:
+        elif n.opt.defaults.get("fused"):
+            n.opt.grad_scale, n.opt.found_inf = None, found
+            n.opt.step()  # the fused kernel skips the update when found_inf == 1
+        elif not found.item():  # non-fused optimizers cannot skip on device: one host sync per update
             n.opt.step()
+        self.skipped[index] += found
+        torch.maximum(self._step_found, found, out=self._step_found)
+
+    def end_step(self) -> None:
+        """Count consecutive steps with a skipped update (device-side; read by the trainer's guard)."""
+        self.streak.mul_(self._step_found).add_(self._step_found)
+        torch.maximum(self.max_streak, self.streak, out=self.max_streak)
+        self._step_found.zero_()
 
     def d_step(self, reals: list[torch.Tensor], noises: list[torch.Tensor]) -> torch.Tensor:
         """One D update over ``len(reals)`` micro-batches. Returns [loss, D(x), D(G(z))] on device."""
@@ -79,7 +104,7 @@ class GANStep:
                 self._backward(loss / n, D.scaler)
             stats += torch.stack([loss.detach(), torch.sigmoid(real_l.detach()).mean(),
                                   torch.sigmoid(fake_l.detach()).mean()]) / n
-        self._update(D)
+        self._update(D, 0)
         return stats
 
     def g_step(self, noises: list[torch.Tensor]) -> torch.Tensor:
@@ -98,5 +123,5 @@ class GANStep:
                 stats += loss.detach() / n
         finally:
             D.net.requires_grad_(True)
-        self._update(G)
+        self._update(G, 1)
         return stats

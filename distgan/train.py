@@ -4,7 +4,10 @@
 
 Overrides are dotted ``section.key=value`` pairs (``train.max_steps=200 optim.lr=0.05``); they win
 over $DISTGAN_DATA_DIR, which wins over the YAML file. ``--dry-run`` prints the resolved config.
-Exit codes: 0 done, 2 bad input (config, data, run dir, checkpoint), 1 anything else.
+Exit codes: 0 done; 2 bad input (config, data, run dir, checkpoint), nothing written; 3 diverged
+(non-finite gradients under train.nonfinite=stop, or a streak of skipped updates), the last good
+checkpoint kept; 75 stopped by SIGTERM/SIGUSR1 after every rank agreed and a checkpoint was written
+(resume with train.resume=auto; the SLURM scripts requeue on it); 1 anything else.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import sys
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_STOPPED = 75  # EX_TEMPFAIL: try again later
 
 
 def parse_args(argv=None):
@@ -44,14 +49,22 @@ def main(argv=None) -> int:
         print(cfg.to_yaml(), end="")
         return 0
 
-    from distgan.trainer import RunDirError, Trainer
+    from distgan.trainer import Diverged, RunDirError, StopRequested, Trainer
 
     try:
         trainer = Trainer(cfg, run_dir)
     except (ConfigError, DataError, RunDirError, CheckpointError, LaunchError) as e:
         print(f"distgan: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    trainer.train()
+    try:
+        trainer.train()
+    except StopRequested as e:
+        trainer.rank0.print(f"[distgan] {e}; exiting with code {EXIT_STOPPED}; resume with train.resume=auto")
+        trainer.acc.end_training()
+        return EXIT_STOPPED
+    except Diverged as e:
+        print(f"distgan: Diverged: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     trainer.rank0.print(f"[distgan] finished at step {trainer.step}; checkpoints in {trainer.ckpt_root}")
     trainer.acc.end_training()
     return 0

@@ -7,7 +7,9 @@ import math
 import os
 import platform
 import random
+import signal
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,21 @@ class RunDirError(RuntimeError):
     """The run dir holds another run, or cannot be used."""
 
 
+class Diverged(RuntimeError):
+    """Non-finite gradients under train.nonfinite=stop, or too long a streak of skipped updates."""
+
+
+class StopRequested(Exception):
+    """A stop signal arrived; every rank agreed, and a checkpoint was written."""
+
+    def __init__(self, signum: int, step: int, path):
+        super().__init__(f"stopped on signal {signal.Signals(signum).name} at step {step}; checkpoint {path}")
+        self.signum, self.step, self.path = signum, step, path
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 def sample_noise(n: int, z_dim: int, kind: str, device, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform in [-sqrt(3), sqrt(3)] (unit variance, the paper's) or standard normal noise."""
     if kind == "uniform":
@@ -60,10 +77,15 @@ def build_networks(cfg: Config) -> tuple[nn.Module, nn.Module]:
 
 def build_optimizer(cfg: Config, params, lr: float) -> torch.optim.Optimizer:
     o = cfg.optim
-    # foreach: one kernel per group of tensors instead of one per tensor; fused Adam only on CUDA.
+    # Fused kernels (CPU and CUDA): one pass over all tensors, and they skip an update on device when
+    # handed found_inf (the divergence guard in phases.py). Elsewhere foreach kernels.
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    params = list(params)
+    kind = {"fused": True} if params[0].device.type in _get_fused_kernels_supported_devices() else {"foreach": True}
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
-    return torch.optim.Adam(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay, foreach=True)
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, **kind)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **kind)
 
 
 def param_checksums(modules: dict[str, nn.Module], device) -> tuple[list[str], torch.Tensor]:
@@ -145,8 +167,8 @@ class Trainer:
         opt_d = build_optimizer(cfg, D.parameters(), cfg.optim.lr)
         G_fwd, D_fwd = maybe_compile(G, cfg), maybe_compile(D, cfg)
         G_train, D_train = acc.prepare(G_fwd, D_fwd) if self.world > 1 else (G_fwd, D_fwd)
-        self.G = Net(G, G_fwd, G_train, opt_g, make_scaler(self.precision, self.device))
-        self.D = Net(D, D_fwd, D_train, opt_d, make_scaler(self.precision, self.device))
+        self.G = Net(G, G_fwd, G_train, opt_g, make_scaler(self.precision, self.device), "G")
+        self.D = Net(D, D_fwd, D_train, opt_d, make_scaler(self.precision, self.device), "D")
         self.gan = GANStep(acc, self.G, self.D, LOSSES[cfg.loss.name], self.precision)
         g = torch.Generator().manual_seed(cfg.train.seed + 0xF1C5)
         self.fixed_noise = sample_noise(64, cfg.model.z_dim, cfg.model.noise, "cpu", g).to(self.device)
@@ -239,14 +261,50 @@ class Trainer:
             noises = [self.noise(self.micro) for _ in range(accum)]
             d_stats = d_stats + self.gan.d_step(reals, noises) / k
         g_stats = self.gan.g_step([self.noise(self.micro) for _ in range(accum)])
+        self.gan.end_step()
         if self.G_ema is not None:
             b = cfg.train.batch_size
             beta = ema_beta(b, cfg.ema.halflife_images, (step + 1) * b, cfg.ema.rampup)
             update_ema(self.G_ema, self.G.net, beta)
         return d_stats, g_stats
 
+    def _on_signal(self, signum, frame) -> None:
+        self._signal = signum  # acted on at the next agreement point, by every rank together
+
+    def _stop_agreed(self) -> int:
+        """The signal number if any rank got a stop signal (a collective: every rank calls it at once)."""
+        flag = torch.tensor([float(self._signal)], device=self.device)
+        if self.world > 1:
+            flag = self.acc.reduce(flag, reduction="sum")  # signal numbers only add up to non-zero
+        got = int(flag.item())
+        return self._signal or (signal.SIGTERM if got else 0)
+
+    def check_guard(self) -> dict:
+        """Read the device-side divergence counters (one host sync); raise Diverged per the policy."""
+        t = self.cfg.train
+        skipped = self.gan.skipped.tolist()
+        streak = int(self.gan.max_streak.item())
+        if t.nonfinite == "stop" and sum(skipped) > 0 or streak >= t.max_skip_streak:
+            last = ckpt_lib.find_latest_good(self.ckpt_root, warn=lambda m: None)
+            why = (f"{streak} consecutive steps with skipped updates (train.max_skip_streak={t.max_skip_streak})"
+                   if streak >= t.max_skip_streak else "train.nonfinite=stop")
+            raise Diverged(f"non-finite gradients by step {self.step} (skipped updates: D {int(skipped[0])}, "
+                           f"G {int(skipped[1])}); stopping: {why}. The last good checkpoint is {last or 'none yet'}; lower "
+                           f"the learning rates or use train.nonfinite=skip, then resume with train.resume=auto")
+        return {"skipped/D": skipped[0], "skipped/G": skipped[1]}
+
     def train(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
+        self._signal = 0
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS} if main_thread else {}
+        try:
+            return self._train(cfg, t)
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _train(self, cfg, t) -> dict:
         tracker = self._make_tracker()  # a no-op tracker on ranks other than 0
         acc_stats = torch.zeros(4, device=self.device)  # summed on device, read once per log tick
         n_acc, t_last, step_last = 0, time.perf_counter(), self.step
@@ -272,6 +330,11 @@ class Trainer:
                     self.check_replicas()
                 if self.step % t.ckpt_every == 0 or done:
                     self.save_checkpoint()
+                if self.step % t.stop_check_every == 0 and not done:
+                    signum = self._stop_agreed()
+                    if signum:
+                        path = self.save_checkpoint()
+                        raise StopRequested(signum, self.step, path)
         finally:
             tracker.close()
         return last_logged
@@ -288,7 +351,8 @@ class Trainer:
         ips = torch.tensor([ips_local], device=self.device)
         ips = self.acc.reduce(ips, reduction="sum") if self.world > 1 else ips
         v = stats.tolist()  # the one host sync per tick
-        metrics = {"loss/D": v[0], "D(x)": v[1], "D(G(z))": v[2], "loss/G": v[3], "img/s": ips.item(),
+        guard = self.check_guard()
+        metrics = {**guard, "loss/D": v[0], "D(x)": v[1], "D(G(z))": v[2], "loss/G": v[3], "img/s": ips.item(),
                    "images_seen": self.step * self.cfg.train.batch_size * self.cfg.train.d_steps, **sched}
         tracker.log(self.step, metrics)
         return metrics
@@ -349,6 +413,7 @@ class Trainer:
                 "rng_rank0": rng()}
 
     def save_checkpoint(self) -> Path | None:
+        self.check_guard()  # never write a checkpoint from a diverged state
         self.check_replicas()
         self._sync_buffers()
         self.acc.wait_for_everyone()

@@ -17,11 +17,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from distgan.config import load  # noqa: E402
-from distgan.trainer import Trainer, sample_noise  # noqa: E402
+from distgan.trainer import Diverged, Trainer, sample_noise  # noqa: E402
 
 
 class ProbeTrainer(Trainer):
     inject_noise = False
+    nan_steps: set = set()
 
     def _setup(self):
         self.consumed, self.noises, self.local_stats = [], [], None
@@ -33,7 +34,11 @@ class ProbeTrainer(Trainer):
 
     def real_batch(self, j, micro):
         self.consumed.append(self.data.indices(j, micro).cpu())
-        return super().real_batch(j, micro)
+        x = super().real_batch(j, micro)
+        if self._step in self.nan_steps:  # fault injection: D's loss and gradients become NaN
+            x = x.clone()
+            x[0, 0, 0, 0] = float("nan")
+        return x
 
     def noise(self, n):
         if not self.inject_noise:
@@ -60,13 +65,19 @@ def main():
     p.add_argument("--run-dir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--inject-noise", action="store_true")
+    p.add_argument("--nan-steps", default="", help="comma list of steps whose real batch holds a NaN")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     cfg = load(a.config, a.overrides)
     ProbeTrainer.inject_noise = a.inject_noise
+    ProbeTrainer.nan_steps = {int(x) for x in a.nan_steps.split(",") if x}
     tr = ProbeTrainer(cfg, a.run_dir)
     start = tr.step
-    logged = tr.train()
+    try:
+        logged = tr.train()
+    except Diverged as e:
+        print(f"Diverged: {e}", file=sys.stderr)
+        sys.exit(3)
     epoch0 = torch.cat([tr.data.indices(j, m) for j in range(tr.data.batches_per_epoch)
                         for m in range(cfg.train.grad_accum)]).cpu()
     out = Path(a.out)
