@@ -190,10 +190,6 @@ class RuntimeConfig:
     """Autocast precision: ``auto`` = bf16 on a GPU that supports it, else fp32; ``fp16`` uses one loss scaler per network."""
     cpu: bool = False
     """Force the CPU even when a GPU is present."""
-    compile: bool = False
-    """torch.compile G and D (before DDP wrapping)."""
-    compile_mode: Literal["default", "max-autotune", "reduce-overhead"] = "default"
-    """torch.compile mode."""
     tf32: bool = True
     """Allow TF32 matmuls on GPUs."""
     threads: int = 0
@@ -205,11 +201,23 @@ class RuntimeConfig:
 
     def __post_init__(self):
         _choices("runtime.precision", self.precision, {"auto", "no", "bf16", "fp16"})
-        _choices("runtime.compile_mode", self.compile_mode, {"default", "max-autotune", "reduce-overhead"})
         _positive("runtime.threads", self.threads, zero_ok=True)
         _positive("runtime.pg_timeout_s", self.pg_timeout_s)
         if self.precision == "fp16" and self.cpu:
             raise ConfigError("runtime.precision=fp16 needs a GPU; on the CPU use 'no' or 'bf16'")
+
+
+@dataclass
+class CompileConfig:
+    enabled: bool = False
+    """torch.compile the G and D forward/backward (before DDP wrapping; see runtime.maybe_compile)."""
+    mode: Literal["default", "max-autotune", "reduce-overhead"] = "default"
+    """torch.compile mode; ``reduce-overhead`` uses CUDA graphs on a GPU."""
+    fallback_random: bool = False
+    """Inductor draws random numbers (dropout) as eager does; slower, for comparing compiled and eager runs."""
+
+    def __post_init__(self):
+        _choices("compile.mode", self.mode, {"default", "max-autotune", "reduce-overhead"})
 
 
 @dataclass
@@ -247,6 +255,7 @@ class Config:
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    compile: CompileConfig = field(default_factory=CompileConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

@@ -100,9 +100,13 @@ def step_seed(seed: int, rank: int, step: int, salt: int = 0) -> int:
 
 def maybe_compile(module: nn.Module, cfg: Config) -> nn.Module:
     """torch.compile before DDP wrapping: accelerate's dynamo_backend on a DDP module compiles little."""
-    if not cfg.runtime.compile:
+    if not cfg.compile.enabled:
         return module
-    return torch.compile(module, mode=None if cfg.runtime.compile_mode == "default" else cfg.runtime.compile_mode)
+    if cfg.compile.fallback_random:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fallback_random = True
+    return torch.compile(module, mode=None if cfg.compile.mode == "default" else cfg.compile.mode)
 
 
 class RankZero:

@@ -160,6 +160,9 @@ class Trainer:
             G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
             D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
         G, D = G.to(self.device), D.to(self.device)
+        if self.device.type == "cuda":  # NHWC convolutions use tensor cores without layout transposes
+            G, D = (m.to(memory_format=torch.channels_last) if any(isinstance(x, nn.Conv2d | nn.ConvTranspose2d)
+                    for x in m.modules()) else m for m in (G, D))
         self.G_ema = make_ema(G) if cfg.ema.enabled else None
 
         lr_g = cfg.optim.lr_g or cfg.optim.lr
@@ -177,7 +180,7 @@ class Trainer:
             self._load(resume_from)
         self.rank0.print(
             f"[distgan] world size {self.world} | backend {self._backend()} | device {self.device} | "
-            f"precision {self.precision} | compile {cfg.runtime.compile} | global batch {cfg.train.batch_size} "
+            f"precision {self.precision} | compile {cfg.compile.enabled} | global batch {cfg.train.batch_size} "
             f"= {self.world} ranks x {cfg.train.grad_accum} micro x {self.micro} | "
             + (f"resumed from {resume_from} at step {self.step}" if resume_from else "fresh start"))
         self._write_run_files(resumed=resume_from is not None)

@@ -1,0 +1,315 @@
+"""Throughput benchmark: the trainer's loop (eager and compiled) against a textbook loop, one table.
+
+    python -m distgan.bench --config configs/mnist_paper.yaml [--steps 200] [--compile both|on|off]
+                            [--precision no|bf16|fp16|auto] [--repeats 3] [--quick]
+
+Every row runs in its own process (clean memory figures, no compile cache shared with another row),
+rows are interleaved over ``--repeats`` rounds and the median is printed. Both loops do the same
+maths per step (Algorithm 1: k D updates on fresh real images and noise, then a G update on fresh
+noise) and the table prints each one's FLOPs per image, counted by torch's FlopCounterMode on one
+step, so no speed can come from doing less. The textbook loop is what most GAN tutorials write:
+torchvision's MNIST dataset with per-sample ToTensor/Normalize through a DataLoader, eager fp32,
+separate real/fake D passes, a G step that also computes D's gradients, default optimizers and
+``.item()`` on both losses every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+# Dense peak TFLOP/s by device-name fragment (for the achieved fraction on GPUs).
+GPU_PEAK_TFLOPS = {"H200": {"bf16": 989.0, "fp16": 989.0, "no": 494.0},  # fp32 via TF32 tensor cores
+                   "H100": {"bf16": 989.0, "fp16": 989.0, "no": 494.0},
+                   "A100": {"bf16": 312.0, "fp16": 312.0, "no": 156.0}}
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+def _peak_mem_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # whole process, KiB on Linux
+
+
+def _make_trainer(cfg):
+    from distgan.trainer import Trainer
+
+    run_dir = tempfile.mkdtemp(prefix="distgan-bench-")
+    return Trainer(cfg, run_dir)
+
+
+def row_trainer(cfg, steps: int, warmup: int) -> dict:
+    """The trainer's own loop body: schedule, Algorithm-1 step, metrics accumulated on device."""
+    t_build = time.perf_counter()
+    tr = _make_trainer(cfg)
+    dev = tr.device
+    acc = torch.zeros(4, device=dev)
+    t0 = time.perf_counter()
+    for s in range(warmup):  # includes compilation when enabled
+        tr.apply_schedule(s)
+        d, g = tr.train_step(s)
+        acc += torch.cat([d, g])
+    _sync(dev)
+    warm_s = time.perf_counter() - t0
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for s in range(warmup, warmup + steps):
+        tr.apply_schedule(s)
+        d, g = tr.train_step(s)
+        acc += torch.cat([d, g])
+    acc.tolist()  # the loop reads metrics every log_every steps; once here
+    _sync(dev)
+    dt = (time.perf_counter() - t0) / steps
+    # Phase split on a separate short pass: synchronising between phases distorts the steady state.
+    phases = {"data": 0.0, "D": 0.0, "G": 0.0}
+    n_ph = max(3, steps // 10)
+    k, accum = cfg.train.d_steps, cfg.train.grad_accum
+    for s in range(warmup + steps, warmup + steps + n_ph):
+        torch.manual_seed(s)
+        for i in range(k):
+            _sync(dev); a = time.perf_counter()
+            reals = [tr.real_batch(s * k + i, m) for m in range(accum)]
+            zs = [tr.noise(tr.micro) for _ in range(accum)]
+            _sync(dev); b = time.perf_counter()
+            tr.gan.d_step(reals, zs)
+            _sync(dev); c = time.perf_counter()
+            phases["data"] += b - a; phases["D"] += c - b
+        a = time.perf_counter()
+        tr.gan.g_step([tr.noise(tr.micro) for _ in range(accum)])
+        tr.gan.end_step()
+        _sync(dev)
+        phases["G"] += time.perf_counter() - a
+    flops = _flops(lambda: tr.train_step(0)) if not cfg.compile.enabled else None
+    return {"s_per_step": dt, "phases_ms": {p: 1e3 * v / n_ph for p, v in phases.items()}, "flops_step": flops,
+            "warmup_s": warm_s, "build_s": t0 - t_build - warm_s, "precision": tr.precision,
+            "device": str(dev), "peak_mem_mb": _peak_mem_mb(dev)}
+
+
+def row_textbook(cfg, steps: int, warmup: int) -> dict:
+    """What a tutorial writes. Same networks, same Algorithm-1 maths, none of the trainer's choices."""
+    import torchvision
+    from torchvision import transforms
+
+    from distgan.data.mnist import ensure_mnist
+    from distgan.trainer import build_networks, sample_noise
+
+    dev = torch.device("cuda" if torch.cuda.is_available() and not cfg.runtime.cpu else "cpu")
+    torch.manual_seed(cfg.train.seed)
+    G, D = build_networks(cfg)
+    G, D = G.to(dev), D.to(dev)
+    lo, hi = G.data_range
+    raw = ensure_mnist(cfg.data.root, download=cfg.data.download)
+    root = raw.parent.parent if raw.name == "raw" else cfg.data.root
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((-lo / (hi - lo),), (1 / (hi - lo),))])
+    ds = torchvision.datasets.MNIST(str(root), train=True, download=False, transform=tf)
+    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
+    o = cfg.optim
+    if o.name == "sgd":
+        opt_d = torch.optim.SGD(D.parameters(), lr=o.lr, momentum=o.momentum)
+        opt_g = torch.optim.SGD(G.parameters(), lr=o.lr_g or o.lr, momentum=o.momentum)
+    else:
+        opt_d = torch.optim.Adam(D.parameters(), lr=o.lr, betas=tuple(o.betas))
+        opt_g = torch.optim.Adam(G.parameters(), lr=o.lr_g or o.lr, betas=tuple(o.betas))
+    bce = torch.nn.BCEWithLogitsLoss()
+    it = iter(dl)
+    B, z_dim = cfg.train.batch_size, cfg.model.z_dim
+    phases = {"data": 0.0, "D": 0.0, "G": 0.0}
+
+    def next_batch():
+        nonlocal it
+        try:
+            x, _ = next(it)
+        except StopIteration:
+            it = iter(dl)
+            x, _ = next(it)
+        return x.to(dev)
+
+    def step(timed=False):
+        for _ in range(cfg.train.d_steps):
+            a = time.perf_counter()
+            x = next_batch()
+            z = sample_noise(B, z_dim, cfg.model.noise, dev)
+            if timed: _sync(dev)
+            b = time.perf_counter()
+            opt_d.zero_grad()
+            real = D(x)
+            fake = D(G(z).detach())
+            loss_d = bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))
+            loss_d.backward()
+            opt_d.step()
+            loss_d.item()
+            c = time.perf_counter()
+            phases["data"] += b - a; phases["D"] += c - b
+        a = time.perf_counter()
+        opt_g.zero_grad()
+        out = D(G(sample_noise(B, z_dim, cfg.model.noise, dev)))
+        loss_g = bce(out, torch.ones_like(out))
+        loss_g.backward()
+        opt_g.step()
+        loss_g.item()
+        phases["G"] += time.perf_counter() - a
+
+    for _ in range(warmup):
+        step()
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(dev)
+    dt = (time.perf_counter() - t0) / steps
+    for p in phases:
+        phases[p] = 0.0
+    n_ph = max(3, steps // 10)
+    for _ in range(n_ph):
+        step(timed=True)
+    return {"s_per_step": dt, "phases_ms": {p: 1e3 * v / n_ph for p, v in phases.items()},
+            "flops_step": _flops(step), "warmup_s": None, "build_s": None, "precision": "no", "device": str(dev),
+            "peak_mem_mb": _peak_mem_mb(dev)}
+
+
+def gemm_reference(cfg, repeats: int = 20) -> float:
+    """GFLOP/s of plain fp32 matmuls of the model's Linear shapes (forward) on this device."""
+    from distgan.trainer import build_networks
+
+    dev = torch.device("cuda" if torch.cuda.is_available() and not cfg.runtime.cpu else "cpu")
+    G, D = build_networks(cfg)
+    B = cfg.train.batch_size
+    shapes = [(B, m.in_features, m.out_features) for m in G.modules() if isinstance(m, torch.nn.Linear)]
+    shapes += [(2 * B, m.in_features, m.out_features) for m in D.modules() if isinstance(m, torch.nn.Linear)]
+    mats = [(torch.randn(b, i, device=dev), torch.randn(i, o, device=dev)) for b, i, o in shapes]
+    flops = sum(2 * b * i * o for b, i, o in shapes)
+    for a, w in mats:
+        a @ w
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for a, w in mats:
+            a @ w
+    _sync(dev)
+    return flops * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def _run_row(args) -> None:
+    from distgan.config import load
+
+    cfg = load(args.config, args.overrides + ["train.progress=false", "wandb.mode=disabled"])
+    fn = {"textbook": row_textbook, "trainer": row_trainer}[args._row]
+    out = fn(cfg, args.steps, args.warmup)
+    out["gemm_gflops"] = gemm_reference(cfg) if args._row == "textbook" else None
+    out["torch"] = torch.__version__
+    out["threads"] = torch.get_num_threads()
+    if torch.cuda.is_available() and not cfg.runtime.cpu:
+        out["gpu"] = torch.cuda.get_device_name()
+    print("BENCH-ROW " + json.dumps(out), flush=True)
+
+
+def _spawn(args, row: str, overrides: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "distgan.bench", "--_row", row, "--config", args.config, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), *args.overrides, *overrides]
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    for line in p.stdout.splitlines():
+        if line.startswith("BENCH-ROW "):
+            return json.loads(line[len("BENCH-ROW "):])
+    raise RuntimeError(f"bench row {row} {overrides} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distgan.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/mnist_paper.yaml")
+    p.add_argument("--steps", type=int, default=200, help="timed steps per row (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed steps first (compilation happens here)")
+    p.add_argument("--compile", choices=["both", "on", "off"], default="both", help="trainer rows to run")
+    p.add_argument("--precision", default="no", help="trainer precision: no, bf16, fp16, auto (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is shown")
+    p.add_argument("--quick", action="store_true", help="a few steps, one round: checks that every row runs")
+    p.add_argument("--_row", help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="config overrides for every row (section.key=value)")
+    args = p.parse_args(argv)
+    if args._row:
+        _run_row(args)
+        return 0
+    if args.quick:
+        args.steps, args.warmup, args.repeats = 5, 2, 1
+    rows = [("textbook", "eager", [])]
+    prec = [f"runtime.precision={args.precision}"]
+    if args.compile in ("both", "off"):
+        rows.append(("trainer", "eager", prec + ["compile.enabled=false"]))
+    if args.compile in ("both", "on"):
+        rows.append(("trainer", "compiled", prec + ["compile.enabled=true"]))
+    results: dict[int, list[dict]] = {i: [] for i in range(len(rows))}
+    for _ in range(args.repeats):
+        for i, (row, _, ov) in enumerate(rows):
+            results[i].append(_spawn(args, row, ov))
+    _print_table(args, rows, results)
+    return 0
+
+
+def _print_table(args, rows, results) -> None:
+    from distgan.config import load
+
+    cfg = load(args.config, args.overrides)
+    imgs = cfg.train.batch_size * cfg.train.d_steps  # real images per step (the same for both loops)
+    first = results[0][0]
+    med = {i: min(rs, key=lambda r: abs(r["s_per_step"] - statistics.median(x["s_per_step"] for x in rs)))
+           for i, rs in results.items()}
+    base_ips = imgs / med[0]["s_per_step"]
+    flops_ref = med[0]["flops_step"]
+    print(f"distgan.bench | config {args.config} | batch {cfg.train.batch_size} | k={cfg.train.d_steps} | "
+          f"torch {first['torch']} | device {first['device']}{' ' + first.get('gpu', '') if first.get('gpu') else ''} "
+          f"| threads {first['threads']} | {args.steps} timed steps, median of {args.repeats}")
+    hdr = (f"{'loop':<9}{'mode':<10}{'prec':<6}{'img/s':>9}{'ms/step':>9}{'ratio':>7}{'data ms':>9}{'D ms':>8}"
+           f"{'G ms':>8}{'MFLOP/img':>11}{'GFLOP/s':>9}{'peak MB':>9}{'compile s':>10}")
+    print(hdr)
+    print("-" * len(hdr))
+    for i, (row, mode, _) in enumerate(rows):
+        r = med[i]
+        ips = imgs / r["s_per_step"]
+        f = r["flops_step"] if r["flops_step"] is not None else (med[1]["flops_step"] if len(med) > 1 else None)
+        gf = f / r["s_per_step"] / 1e9 if f else float("nan")
+        compile_s = r["warmup_s"] - args.warmup * r["s_per_step"] if r["warmup_s"] is not None and mode == "compiled" else None
+        ph = r["phases_ms"]
+        print(f"{row:<9}{mode:<10}{r['precision']:<6}{ips:>9.0f}{1e3 * r['s_per_step']:>9.2f}{ips / base_ips:>7.2f}"
+              f"{ph['data']:>9.2f}{ph['D']:>8.2f}{ph['G']:>8.2f}{(f or float('nan')) / imgs / 1e6:>11.2f}{gf:>9.1f}"
+              f"{r['peak_mem_mb']:>9.0f}{(f'{compile_s:.1f}' if compile_s is not None else '-'):>10}")
+    print(f"reference: fp32 GEMMs of the model's Linear shapes run at {first['gemm_gflops']:.1f} GFLOP/s on this device")
+    print(f"textbook FLOPs/step {flops_ref / 1e9:.2f} GFLOP; trainer FLOPs/step "
+          f"{(med[1]['flops_step'] or float('nan')) / 1e9 if len(med) > 1 else float('nan'):.2f} GFLOP "
+          f"(the trainer skips D's weight gradients in G's step)")
+    gpu = first.get("gpu", "")
+    for frag, peaks in GPU_PEAK_TFLOPS.items():
+        if frag in gpu:
+            for i, (row, mode, _) in enumerate(rows):
+                r = med[i]
+                f = r["flops_step"] or med[1]["flops_step"]
+                print(f"  {row} {mode}: {f / r['s_per_step'] / 1e12:.2f} TFLOP/s = "
+                      f"{100 * f / r['s_per_step'] / 1e12 / peaks[r['precision']]:.2f}% of {gpu} dense peak")
+    print("peak MB: CUDA max allocated on a GPU; on a CPU the process's max RSS")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
