@@ -301,11 +301,25 @@ class Trainer:
         self._signal = 0
         main_thread = threading.current_thread() is threading.main_thread()
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS} if main_thread else {}
+        self._status("running")
         try:
-            return self._train(cfg, t)
+            out = self._train(cfg, t)
+            self._status("finished")
+            return out
+        except StopRequested:
+            self._status("stopped")
+            raise
+        except Diverged:
+            self._status("diverged")
+            raise
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+    def _status(self, state: str) -> None:
+        """RUN/status.json: running, finished, stopped (by a signal, resumable) or diverged; read by slurm/run.sh."""
+        self.rank0.run(lambda: ckpt_lib.atomic_write_text(
+            self.run_dir / "status.json", json.dumps({"state": state, "step": self.step, "pid": os.getpid()}) + "\n"))
 
     def _train(self, cfg, t) -> dict:
         tracker = self._make_tracker()  # a no-op tracker on ranks other than 0
