@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     import os
 
     from distgan.checkpoint import CheckpointError
+    from distgan.config import ConfigError
     from distgan.data.mnist import DataError
 
     try:
@@ -65,14 +66,16 @@ def main(argv=None) -> int:
             G, cfg, path = load_generator(args.checkpoint, args.weights)
             images = generate(G, cfg, args.num, args.seed)
             source = {"checkpoint": str(path), "weights": args.weights, "seed": args.seed}
-            root = args.data_root or os.environ.get("DISTGAN_DATA_DIR") or cfg.data.root
+            manifest = json.loads((path / "manifest.json").read_text())
+            root = (args.data_root or os.environ.get("DISTGAN_DATA_DIR")
+                    or manifest["config"].get("data", {}).get("root", "data"))
         else:
             images = torch.from_numpy(np.load(args.samples)["images"])
             source = {"samples": args.samples}
             root = args.data_root or os.environ.get("DISTGAN_DATA_DIR") or "data"
         t0 = time.time()
         res = evaluate_images(images, root, metrics)
-    except (CheckpointError, DataError) as e:
+    except (CheckpointError, ConfigError, DataError) as e:
         print(f"distgan: {e}", file=sys.stderr)
         return 2
     res = {**source, "num": int(images.shape[0]), **res, "eval_seconds": round(time.time() - t0, 1)}

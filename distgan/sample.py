@@ -27,7 +27,8 @@ def load_generator(checkpoint: str | os.PathLike, weights: str = "ema", device="
 
     path = ckpt_lib.resolve(checkpoint)
     manifest = ckpt_lib.verify(path)
-    cfg = build(manifest["config"])
+    # Only the model section decides the generator; other sections may come from another version.
+    cfg = build({"model": manifest["config"]["model"]})
     G, _ = build_networks(cfg)
     name = {"ema": "G_ema.safetensors", "raw": "G.safetensors"}[weights]
     if weights == "ema" and not (path / name).exists():
@@ -80,10 +81,11 @@ def main(argv=None) -> int:
         print(f"distgan: --num must be positive, got {args.num}", file=sys.stderr)
         return 2
     from distgan.checkpoint import CheckpointError
+    from distgan.config import ConfigError
 
     try:
         G, cfg, path = load_generator(args.checkpoint, args.weights, args.device)
-    except CheckpointError as e:
+    except (CheckpointError, ConfigError) as e:
         print(f"distgan: {e}", file=sys.stderr)
         return 2
     images = generate(G, cfg, args.num, args.seed, device=args.device)
