@@ -76,6 +76,16 @@ def test_preemption_checkpoints_requeues_and_finishes(cluster, tmp_path):
     # the warning SLURM sends before the time limit (--signal=B:USR1@T), delivered now
     s = cluster.run(["scancel", "--signal=USR1", "--batch", job])
     assert s.returncode == 0, s.stderr
+    # After `scontrol requeue` slurmctld holds the job back (BeginTime in the future); the test does not
+    # wait that out: once the requeue is in the log, it lets the job start now.
+    deadline = time.time() + 240
+    while time.time() < deadline and "requeueing job" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.3)
+    for _ in range(50):
+        if cluster.job_state(job) == "PENDING":
+            cluster.run(["scontrol", "update", f"JobId={job}", "BeginTime=now"])
+            break
+        time.sleep(0.2)
     wait_state(cluster, job, lambda st: st == "COMPLETED", 400)
     text = log.read_text()
     assert "USR1 received" in text and "requeueing job" in text, text[-4000:]
