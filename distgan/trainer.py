@@ -416,23 +416,47 @@ class Trainer:
             raise RuntimeError(f"replicas diverged at step {self.step}: tensor {names[bad[0]]!r} differs between "
                                f"ranks ({len(bad)} tensors in all); this is a bug in synchronisation, not your data")
 
-    def training_state(self) -> dict:
-        def rng():
-            st = np.random.get_state()
-            return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-                    "numpy": torch.from_numpy(st[1].astype(np.int64)),
-                    "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0)}
+    @staticmethod
+    def rng_state() -> dict:
+        """This process's RNG states as tensors and lists (loadable with weights_only=True)."""
+        st = np.random.get_state()
+        py = random.getstate()
+        return {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
+                "numpy": torch.from_numpy(st[1].astype(np.int64)), "numpy_pos": int(st[2]),
+                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0, dtype=torch.uint8)}
 
+    @staticmethod
+    def set_rng_state(r: dict) -> None:
+        torch.set_rng_state(r["torch"])
+        random.setstate((r["python"][0], tuple(r["python"][1]), r["python"][2]))
+        np.random.set_state(("MT19937", r["numpy"].numpy().astype(np.uint32), r["numpy_pos"], 0, 0.0))
+        if torch.cuda.is_available() and r["cuda"].numel():
+            torch.cuda.set_rng_state(r["cuda"])
+
+    def _gather_rng(self) -> list[dict]:
+        """Every rank's RNG states, in rank order (a collective)."""
+        if self.world == 1:
+            return [self.rng_state()]
+        import torch.distributed as dist
+
+        out = [None] * self.world
+        dist.all_gather_object(out, self.rng_state())
+        return out
+
+    def training_state(self, rng_per_rank: list[dict]) -> dict:
         return {"step": self.step, "images_seen": self.step * self.cfg.train.batch_size * self.cfg.train.d_steps,
                 "opt_G": self.G.opt.state_dict(), "opt_D": self.D.opt.state_dict(),
                 "scaler_G": self.G.scaler.state_dict() if self.G.scaler else {},
                 "scaler_D": self.D.scaler.state_dict() if self.D.scaler else {},
-                "rng_rank0": rng()}
+                # Noise, dropout and data order are reseeded from (seed, rank, step) every step, so these
+                # are not needed for an exact resume; they are restored when the world size is unchanged.
+                "rng_per_rank": rng_per_rank}
 
     def save_checkpoint(self) -> Path | None:
         self.check_guard()  # never write a checkpoint from a diverged state
         self.check_replicas()
         self._sync_buffers()
+        rng = self._gather_rng()
         self.acc.wait_for_everyone()
         path = None
         if self.acc.is_main_process:
@@ -445,7 +469,7 @@ class Trainer:
             extra = {"images_seen": j * self.cfg.train.batch_size, "world_size": self.world,
                      "data": {"global_batches": j, "epoch": epoch, "batch_in_epoch": offset},
                      "config": self.cfg.to_dict()}
-            path = ckpt_lib.save(self.ckpt_root, self.step, weights, self.training_state(), extra,
+            path = ckpt_lib.save(self.ckpt_root, self.step, weights, self.training_state(rng), extra,
                                  self.cfg.train.keep_last)
         self.acc.wait_for_everyone()
         return path
@@ -463,6 +487,9 @@ class Trainer:
             if net.scaler is not None and state.get(key):
                 net.scaler.load_state_dict(state[key])
         self.step = int(state["step"])
+        rngs = state.get("rng_per_rank") or []
+        if len(rngs) == self.world:
+            self.set_rng_state(rngs[self.rank])
         if self.step > self.cfg.train.max_steps:
             raise ConfigError(f"checkpoint {path} is at step {self.step}, beyond train.max_steps="
                               f"{self.cfg.train.max_steps}; raise train.max_steps to continue")

@@ -85,12 +85,17 @@ def test_logged_metrics_are_the_mean_over_ranks(two_rank):
     torch.testing.assert_close(got, mean, rtol=1e-6, atol=1e-6)
 
 
-def test_resume_two_ranks_to_one(two_rank):
+def test_resume_two_ranks_to_one_and_back(two_rank):
     d, (r0, _), _ = two_rank
     (one,), p = launch(1, d / "run", d / "out1", ["train.max_steps=8", "train.ckpt_every=8", "train.d_steps=2",
                                                    "train.resume=auto"])
     assert one["start_step"] == 6 and one["step"] == 8 and one["world"] == 1
     assert "resumed from" in p.stdout and "at step 6" in p.stdout
+    # and back: 1 rank -> 2 ranks
+    (a, b), p = launch(2, d / "run", d / "out2", ["train.max_steps=10", "train.ckpt_every=10", "train.d_steps=2",
+                                                   "train.resume=auto"])
+    assert a["start_step"] == b["start_step"] == 8 and a["step"] == 10 and a["world"] == 2
+    assert_same(a["G"], b["G"])
 
 
 # No dropout and no BatchNorm: paper MLP generator, DCGAN discriminator (LeakyReLU only).

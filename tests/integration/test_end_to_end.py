@@ -104,11 +104,15 @@ def test_resume_continues_from_saved_step(debug_run):
                    "train.max_steps=50"], check=False)
     assert refused.returncode == 2 and "already holds a run" in refused.stderr
     p = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.max_steps=50",
-             "train.resume=auto", "train.progress=false"])
+             "train.resume=auto", "train.progress=false"], {"WANDB_MODE": "offline"})
     assert "at step 40" in p.stdout
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows][-1] == 50 and [r["step"] for r in rows].count(40) == 1
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000000050"
+    # the W&B run continues: the resumed start logs into a run with the same id
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)
 
 
 def test_dry_run_prints_resolved_config(tmp_path):
