@@ -93,7 +93,7 @@ def param_checksums(modules: dict[str, nn.Module], device) -> tuple[list[str], t
     names, sums = [], []
     for mname, m in modules.items():
         for k, t in list(m.named_parameters()) + list(m.named_buffers()):
-            t = t.detach().contiguous()
+            t = t.detach().contiguous().reshape(-1)  # 1-d, so 0-d buffers (num_batches_tracked) can be viewed too
             bits = t.view(torch.int32) if t.element_size() == 4 else t.view(torch.uint8).to(torch.int32)
             w = torch.arange(1, bits.numel() + 1, device=t.device, dtype=torch.int64) % 1_000_003
             sums.append((bits.reshape(-1).to(torch.int64) * w).sum())
@@ -156,6 +156,9 @@ class Trainer:
             G.init_output_bias(images.float().mean(0) / 255.0)
         self.data = ShardedBatches(images.to(self.device), cfg.train.batch_size, self.rank, self.world,
                                    cfg.train.seed, cfg.train.grad_accum)
+        if cfg.model.sync_batchnorm and self.world > 1 and self.device.type != "cuda":
+            raise ConfigError("model.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm is GPU-only); on "
+                              "CPUs leave it false: BatchNorm statistics are then rank 0's, broadcast by DDP")
         if cfg.model.sync_batchnorm and self.world > 1:
             G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
             D = nn.SyncBatchNorm.convert_sync_batchnorm(D)

@@ -137,3 +137,14 @@ def test_global_batch_must_divide(tmp_path):
     assert p.returncode != 0
     assert "train.batch_size=41 (global) must be divisible by world size 2" in p.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_conv_gan_with_batchnorm_stays_in_sync(tmp_path):
+    """DCGAN (BatchNorm in G) on 2 CPU ranks: parameters and BN statistics identical at the checkpoint.
+    (SyncBatchNorm, model.sync_batchnorm=true, is GPU-only in torch; here the statistics are rank 0's.)"""
+    (r0, r1), p = launch(2, tmp_path / "run", tmp_path / "out",
+                         ["model.generator=dcgan28", "model.discriminator=dcgan28", "model.noise=normal",
+                          "model.width=8", "train.max_steps=4", "train.ckpt_every=4", "train.consistency_every=2"])
+    for net in ("G", "D", "G_ema"):
+        assert_same(r0[net], r1[net])
+    assert any("running_mean" in k for k in r0["G"])
