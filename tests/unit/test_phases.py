@@ -31,7 +31,7 @@ def test_d_step_changes_d_not_g(trainer):
 
 
 def test_g_step_changes_g_not_d(trainer):
-    g0, d0 = snapshot(trainer.G.net), snapshot(trainer.D.net)
+    g0 = snapshot(trainer.G.net)
     trainer.gan.d_step([trainer.real_batch(0, 0)], [trainer.noise(trainer.micro)])  # D has momentum now
     d1 = snapshot(trainer.D.net)
     trainer.D.opt.zero_grad(set_to_none=True)
