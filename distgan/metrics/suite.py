@@ -1,0 +1,103 @@
+"""One entry point for every metric: ``compute(images_u8, metrics, data_root)``.
+
+Learned metrics use the shipped MNIST classifier (``classifier.py``) and compare against the MNIST test
+set, whose features are computed once per classifier and cached (``$DISTGAN_CACHE_DIR``, default
+``~/.cache/distgan``) as safetensors. Pixel metrics (``parzen``, ``nn``) use the MNIST splits directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from distgan.metrics import scores
+from distgan.metrics.classifier import WEIGHTS, features_and_probs
+
+METRICS = ("fd", "cs", "modes", "pr", "nn", "parzen")
+"""fd: Frechet distance in classifier features; cs: classifier score; modes: class coverage and KL to
+uniform; pr: precision, recall, density, coverage (k=3); nn: nearest-neighbour memorisation check
+against the training set; parzen: the paper's Parzen-window log-likelihood."""
+FAST = ("fd", "cs", "modes")
+FEATURE_METRICS = {"fd", "cs", "modes", "pr"}
+LOWER_IS_BETTER = {"fd", "mode_kl", "memorised_share"}
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """'all' or a comma list -> a tuple of metric names; ValueError naming the unknown ones."""
+    names = METRICS if text.strip() == "all" else tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise ValueError(f"unknown metric(s) {unknown or [text]}; choose from {list(METRICS)} or 'all'")
+    return names
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("DISTGAN_CACHE_DIR") or Path.home() / ".cache" / "distgan")
+
+
+def _classifier_tag() -> str:
+    return hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:16]
+
+
+def reference_features(data_root: str, split: str = "test", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classifier (features, probs) of an MNIST split, cached per classifier weights and split."""
+    from safetensors.torch import load_file, save_file
+
+    from distgan.data.mnist import load_split
+
+    name = f"mnist-{split}-{limit or 'all'}-{_classifier_tag()}.safetensors"
+    path = _cache_dir() / name
+    if path.exists():
+        try:
+            t = load_file(str(path))
+            return t["features"], t["probs"]
+        except Exception:  # a damaged cache is recomputed, never trusted
+            pass
+    images = load_split(data_root, split, download=False)[0]
+    feats, probs = features_and_probs(images[:limit] if limit else images)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
+        save_file({"features": feats.contiguous(), "probs": probs.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs recomputation
+    return feats, probs
+
+
+def compute(images_u8: torch.Tensor, metrics=FAST, data_root: str = "data", feats: torch.Tensor | None = None,
+            probs: torch.Tensor | None = None, reference: str = "test") -> dict:
+    """Every requested metric of uint8 samples ``[N, 1, 28, 28]`` against the MNIST ``reference`` split.
+
+    ``feats``/``probs`` may be passed when already computed (gathered across ranks, for instance).
+    """
+    out: dict = {}
+    if FEATURE_METRICS & set(metrics):
+        if feats is None or probs is None:
+            feats, probs = features_and_probs(images_u8)
+        if "fd" in metrics or "pr" in metrics:
+            ref_feats, _ = reference_features(data_root, reference)
+        if "fd" in metrics:
+            out["fd"] = scores.fd_from_features(feats, ref_feats)
+        if "cs" in metrics:
+            out["cs"] = scores.classifier_score(probs)
+        if "modes" in metrics:
+            out.update(scores.mode_coverage(probs))
+        if "pr" in metrics:
+            out.update(scores.precision_recall(ref_feats, feats, k=3))
+    if "parzen" in metrics or "nn" in metrics:
+        from distgan.data.mnist import load_split
+        from distgan.metrics.parzen import nearest_neighbour_check, parzen
+
+        x = images_u8.float().flatten(1) / 255.0
+        test = load_split(data_root, "test", download=False)[0].float().flatten(1) / 255.0
+        if "parzen" in metrics:
+            valid = load_split(data_root, "valid", download=False)[0][:1000].float().flatten(1) / 255.0
+            out.update(parzen(x, valid, test))
+        if "nn" in metrics:
+            train = load_split(data_root, "train", download=False)[0].float().flatten(1) / 255.0
+            out.update(nearest_neighbour_check(x, train, test))
+    return out
