@@ -11,6 +11,7 @@ Layout (the contract later tools build on)::
                             loaded with torch.load(weights_only=True): no code runs on load
         manifest.json       step, images seen, data position, resolved config, and for every file
                             its size and sha256; written last, so a directory without it is incomplete
+      best/                 the same layout, for the step with the best eval.best_metric so far
       latest                text file naming the newest complete checkpoint directory
 
 A checkpoint is written to ``.tmp-step-*``, every file fsynced, then renamed into place; ``latest``
@@ -85,17 +86,21 @@ def step_dirname(step: int) -> str:
 
 
 def save(ckpt_root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict,
-         manifest_extra: dict, keep_last: int) -> Path:
-    """Write one checkpoint atomically and point ``latest`` at it. Call on one rank only."""
+         manifest_extra: dict, keep_last: int, name: str | None = None) -> Path:
+    """Write one checkpoint atomically and point ``latest`` at it. Call on one rank only.
+
+    ``name`` (``best``) writes ``ckpt_root/name`` instead, replacing the previous one only once the new
+    one is complete; it is never named by ``latest`` nor pruned.
+    """
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / step_dirname(step)
-    tmp = ckpt_root / f".tmp-{step_dirname(step)}-{os.getpid()}"
+    final = ckpt_root / (name or step_dirname(step))
+    tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     files = {}
-    for name, sd in weights.items():
-        save_file(sd, str(tmp / name))
+    for fname, sd in weights.items():
+        save_file(sd, str(tmp / fname))
     torch.save(state, tmp / "state.pt")
     for p in sorted(tmp.iterdir()):
         _fsync_file(p)
@@ -113,8 +118,9 @@ def save(ckpt_root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]]
     else:
         os.replace(tmp, final)
     _fsync_dir(ckpt_root)
-    atomic_write_text(ckpt_root / "latest", final.name + "\n")
-    prune(ckpt_root, keep_last, protect={final.name})
+    if name is None:
+        atomic_write_text(ckpt_root / "latest", final.name + "\n")
+        prune(ckpt_root, keep_last, protect={final.name})
     return final
 
 
@@ -130,7 +136,7 @@ def prune(ckpt_root: Path, keep_last: int, protect: set[str] = frozenset()) -> N
     for p in list_checkpoints(ckpt_root)[keep_last:]:
         if p.name not in protect:
             shutil.rmtree(p, ignore_errors=True)
-    for p in ckpt_root.glob(".tmp-step-*"):  # left by a crash mid-write
+    for p in ckpt_root.glob(".tmp-*"):  # left by a crash mid-write
         shutil.rmtree(p, ignore_errors=True)
 
 

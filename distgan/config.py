@@ -237,13 +237,43 @@ class WandbConfig:
 
 @dataclass
 class EvalConfig:
-    num_samples: int = 10_000
-    """Samples drawn for the end-of-run Parzen estimate (the paper: 10,000)."""
-    at_end: bool = False
-    """Compute the Parzen estimate when training finishes and log it."""
+    every: int = 0
+    """Score the (EMA) generator every this many steps and at the end (0: never); see ``distgan.metrics``."""
+    num: int = 5_000
+    """Samples generated for each in-training evaluation, split over the ranks in blocks."""
+    metrics: str = "fd,cs,modes"
+    """Comma list of metrics (``distgan.metrics.suite.METRICS``); fd, cs and modes take seconds."""
+    best_metric: str = "fd"
+    """Keep the checkpoint with the best value of this figure as ``checkpoints/best`` (empty: no best).
+    Lower is better for fd, mode_kl and memorised_share; higher for the others."""
+    seed: int = 12345
+    """Seed of the evaluation noise: the same samples every time, so figures compare across steps."""
+    block: int = 500
+    """Samples per generation block (the unit of work per rank)."""
 
     def __post_init__(self):
-        _positive("eval.num_samples", self.num_samples)
+        from distgan.metrics.suite import parse_metrics
+
+        _positive("eval.every", self.every, zero_ok=True)
+        _positive("eval.num", self.num)
+        _positive("eval.block", self.block)
+        try:
+            names = parse_metrics(self.metrics)
+        except ValueError as e:
+            raise ConfigError(f"eval.metrics={self.metrics!r}: {e}") from None
+        if self.best_metric:
+            allowed = best_metric_names(names)
+            if self.best_metric not in allowed:
+                raise ConfigError(f"eval.best_metric={self.best_metric!r} is not a figure of eval.metrics="
+                                  f"{self.metrics!r}; choose one of {sorted(allowed)} or '' for no best checkpoint")
+
+
+def best_metric_names(metrics) -> set[str]:
+    """The figures that can select a best checkpoint for the given metric names."""
+    figures = {"fd": {"fd"}, "cs": {"cs"}, "modes": {"modes", "mode_kl"},
+               "pr": {"precision", "recall", "density", "coverage"}, "nn": {"memorised_share"},
+               "parzen": {"parzen_ll"}}
+    return set().union(*(figures[m] for m in metrics))
 
 
 @dataclass

@@ -1,15 +1,25 @@
-"""Score a checkpoint (or an .npz of samples).
+"""Score a checkpoint, an .npz of samples, or real MNIST images (the floors), fully offline.
 
-    python -m distgan.evaluate --checkpoint runs/paper --metrics parzen [--num 10000] [--seed 0] [--json out.json]
+    python -m distgan.evaluate --checkpoint runs/dcgan [--metrics all|fd,cs,modes,pr,nn,parzen] [--num 10000] [--json out.json]
+    accelerate launch -m distgan.evaluate --checkpoint runs/dcgan ...   # each rank generates its share
+    python -m distgan.evaluate --samples samples.npz --metrics parzen,nn
+    python -m distgan.evaluate --real train --num 10000 --metrics all   # real vs real: what "perfect" scores
 
-Metrics: ``parzen`` (the paper's Parzen-window log-likelihood of the MNIST test set) and ``nn``
-(nearest-neighbour distances to the training set: the memorisation check printed beside Parzen).
+Metrics (``distgan.metrics.suite``): ``fd`` Frechet distance in the MNIST classifier's features (not
+Inception FID), ``cs`` classifier score, ``modes`` class coverage and KL to uniform, ``pr`` precision,
+recall, density and coverage (k=3), ``nn`` memorisation check against the training set, ``parzen``
+the paper's Parzen log-likelihood. Reference set: the 10,000 MNIST test images.
+
+Under ``accelerate launch`` the samples are cut into fixed blocks of ``--block`` noise vectors; rank r
+generates blocks r, r+W, ... and their classifier features; rank 0 gathers them in block order. Since
+every block is computed the same way whatever the world size, the figures equal the 1-process ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,75 +27,146 @@ from pathlib import Path
 import numpy as np
 import torch
 
-METRICS = ("parzen", "nn")
 
+def generate_blocks(G, cfg, num: int, seed: int, rank: int = 0, world: int = 1, block: int = 500,
+                    device="cpu", features: bool = True) -> dict[int, tuple]:
+    """{block index: (uint8 images, features, probs)} for this rank's blocks of the ``num`` samples.
 
-def evaluate_images(images_u8: torch.Tensor, data_root: str, metrics=METRICS) -> dict:
-    from distgan.data.mnist import load_split
-    from distgan.metrics.parzen import nearest_neighbour_check, parzen
+    The noise for all ``num`` samples comes from one CPU generator seeded with ``seed``, so sample i is
+    the same whichever rank makes it (and equals ``distgan.sample`` with the same seed).
+    """
+    from distgan.metrics.classifier import features_and_probs, load_classifier
+    from distgan.trainer import sample_noise, to_uint8
 
-    x = images_u8.float().flatten(1) / 255.0
-    valid = load_split(data_root, "valid", download=False)[0][:1000].float().flatten(1) / 255.0
-    test = load_split(data_root, "test", download=False)[0].float().flatten(1) / 255.0
+    g = torch.Generator().manual_seed(seed)
+    z = sample_noise(num, cfg.model.z_dim, cfg.model.noise, "cpu", g)
+    clf = load_classifier(device=str(device)) if features else None
     out = {}
-    if "parzen" in metrics:
-        out.update(parzen(x, valid, test))
-    if "nn" in metrics:
-        train = load_split(data_root, "train", download=False)[0].float().flatten(1) / 255.0
-        out.update(nearest_neighbour_check(x, train, test))
+    was_training = G.training
+    G.eval()
+    with torch.no_grad():
+        for b in range(rank, (num + block - 1) // block, world):
+            imgs = to_uint8(G(z[b * block:(b + 1) * block].to(device)), G.data_range)
+            f, p = features_and_probs(imgs, clf, batch_size=block, device=str(device)) if features else (None, None)
+            out[b] = (imgs.cpu(), f, p)
+    G.train(was_training)
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distgan.evaluate", description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="run dir or checkpoint directory")
-    src.add_argument("--samples", help="an .npz written by distgan.sample (key 'images')")
-    p.add_argument("--metrics", default="parzen", help=f"comma list of {','.join(METRICS)} or 'all'")
-    p.add_argument("--num", type=int, default=10_000, help="samples to generate (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--weights", choices=["ema", "raw"], default="ema")
-    p.add_argument("--data-root", default=None, help="MNIST root (default: $DISTGAN_DATA_DIR, else the run's data.root)")
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = p.parse_args(argv)
-    metrics = METRICS if args.metrics == "all" else tuple(m.strip() for m in args.metrics.split(","))
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        print(f"distgan: unknown metric(s) {unknown}; choose from {list(METRICS)} or 'all'", file=sys.stderr)
-        return 2
-    import os
+def assemble(blocks: dict[int, tuple]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Concatenate blocks in index order -> (images, features, probs)."""
+    parts = [blocks[b] for b in sorted(blocks)]
+    imgs = torch.cat([p[0] for p in parts])
+    if parts[0][1] is None:
+        return imgs, None, None
+    return imgs, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
 
-    from distgan.checkpoint import CheckpointError
-    from distgan.config import ConfigError
-    from distgan.data.mnist import DataError
 
-    try:
-        if args.checkpoint:
-            from distgan.sample import generate, load_generator
+def gather_blocks(blocks: dict[int, tuple], world: int) -> dict[int, tuple]:
+    """Every rank's blocks on every rank (a collective; a no-op for one process)."""
+    if world == 1:
+        return blocks
+    import torch.distributed as dist
 
-            G, cfg, path = load_generator(args.checkpoint, args.weights)
-            images = generate(G, cfg, args.num, args.seed)
-            source = {"checkpoint": str(path), "weights": args.weights, "seed": args.seed}
-            manifest = json.loads((path / "manifest.json").read_text())
-            root = (args.data_root or os.environ.get("DISTGAN_DATA_DIR")
-                    or manifest["config"].get("data", {}).get("root", "data"))
-        else:
-            images = torch.from_numpy(np.load(args.samples)["images"])
-            source = {"samples": args.samples}
-            root = args.data_root or os.environ.get("DISTGAN_DATA_DIR") or "data"
-        t0 = time.time()
-        res = evaluate_images(images, root, metrics)
-    except (CheckpointError, ConfigError, DataError) as e:
-        print(f"distgan: {e}", file=sys.stderr)
-        return 2
-    res = {**source, "num": int(images.shape[0]), **res, "eval_seconds": round(time.time() - t0, 1)}
+    out: list = [None] * world
+    dist.all_gather_object(out, blocks)
+    merged: dict = {}
+    for d in out:
+        merged.update(d)
+    return merged
+
+
+def _print_table(res: dict) -> None:
     width = max(len(k) for k in res)
     for k, v in res.items():
         print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     if "parzen_ll" in res:
-        print(f"Parzen log-likelihood: {res['parzen_ll']:.1f} +- {res['parzen_se']:.1f} nats (sigma {res['parzen_sigma']:.4f})")
+        print(f"Parzen log-likelihood: {res['parzen_ll']:.1f} +- {res['parzen_se']:.1f} nats "
+              f"(sigma {res['parzen_sigma']:.4f})")
+
+
+def main(argv=None) -> int:
+    from distgan.metrics.suite import parse_metrics
+
+    p = argparse.ArgumentParser(prog="python -m distgan.evaluate", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="run dir (its latest good checkpoint) or a checkpoint dir such as RUN/checkpoints/best")
+    src.add_argument("--samples", help="an .npz written by distgan.sample (key 'images')")
+    src.add_argument("--real", choices=["train", "valid", "test"], help="score the first --num real images of a split")
+    p.add_argument("--metrics", default="fd,cs,modes,pr", help="comma list of metrics or 'all' (default %(default)s)")
+    p.add_argument("--num", type=int, default=10_000, help="samples to generate (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=["ema", "raw"], default="ema")
+    p.add_argument("--block", type=int, default=500, help="samples per generation block (default %(default)s)")
+    p.add_argument("--device", default=None, help="torch device (default: this rank's GPU if any, else cpu)")
+    p.add_argument("--data-root", default=None, help="MNIST root (default: $DISTGAN_DATA_DIR, else the run's data.root)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    try:
+        metrics = parse_metrics(args.metrics)
+    except ValueError as e:
+        print(f"distgan: {e}", file=sys.stderr)
+        return 2
+    if args.num <= 0 or args.block <= 0:
+        print(f"distgan: --num and --block must be positive (got {args.num}, {args.block})", file=sys.stderr)
+        return 2
+    from distgan.checkpoint import CheckpointError
+    from distgan.config import ConfigError
+    from distgan.data.mnist import DataError
+    from distgan.metrics import suite
+
+    rank, world = 0, 1
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch / torchrun
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+        rank, world = state.process_index, state.num_processes
+        device = args.device or str(state.device)
+    else:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    feats = probs = None
+    t0 = time.time()
+    try:
+        if args.checkpoint:
+            from distgan.sample import load_generator
+
+            G, cfg, path = load_generator(args.checkpoint, args.weights, device)
+            blocks = gather_blocks(generate_blocks(G, cfg, args.num, args.seed, rank, world, args.block, device,
+                                                   features=bool(suite.FEATURE_METRICS & set(metrics))), world)
+            images, feats, probs = assemble(blocks)
+            source = {"checkpoint": str(path), "step": json.loads((path / "manifest.json").read_text())["step"],
+                      "weights": args.weights, "seed": args.seed, "world_size": world}
+            manifest = json.loads((path / "manifest.json").read_text())
+            root = (args.data_root or os.environ.get("DISTGAN_DATA_DIR")
+                    or manifest["config"].get("data", {}).get("root", "data"))
+        elif args.samples:
+            try:
+                images = torch.from_numpy(np.load(args.samples)["images"])
+            except (OSError, KeyError, ValueError) as e:
+                raise DataError(f"cannot read samples {args.samples}: {e}; pass an .npz written by distgan.sample") from None
+            images = images[:args.num]
+            source = {"samples": args.samples}
+            root = args.data_root or os.environ.get("DISTGAN_DATA_DIR") or "data"
+        else:
+            from distgan.data.mnist import load_split
+
+            root = args.data_root or os.environ.get("DISTGAN_DATA_DIR") or "data"
+            images = load_split(root, args.real, download=False)[0][:args.num]
+            source = {"real": args.real}
+        res = suite.compute(images, metrics, root, feats, probs) if rank == 0 else {}
+    except (CheckpointError, ConfigError, DataError, FileNotFoundError) as e:
+        print(f"distgan: {e}", file=sys.stderr)
+        return 2
+    if rank != 0:
+        return 0
+    res = {**source, "num": int(images.shape[0]), **res, "eval_seconds": round(time.time() - t0, 1)}
+    _print_table(res)
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        from distgan.checkpoint import atomic_write_text
+
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(res, indent=1) + "\n")
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python -m distgan.sample --checkpoint runs/paper --num 10000 --out samples.npz [--seed 0] [--weights ema|raw]
     python -m distgan.sample --checkpoint runs/paper --num 64 --out grid.png
+    python -m distgan.sample --checkpoint runs/paper --interpolate 8 --out walk.gif [--num 16] [--frames 12]
 
 ``--checkpoint`` is a run dir (its latest good checkpoint) or one checkpoint directory. The npz holds
 ``images``: uint8 ``[N, C, H, W]``. Same checkpoint + same seed + same device = the same bytes.
@@ -49,6 +50,49 @@ def generate(G, cfg, num: int, seed: int, batch_size: int = 500, device="cpu") -
     return torch.cat(out)
 
 
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation row by row (keeps Gaussian noise at a typical norm along the path)."""
+    an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    omega = torch.arccos((an * bn).sum(1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
+@torch.no_grad()
+def latent_walk(G, cfg, walks: int, keyframes: int, frames: int, seed: int, device="cpu") -> torch.Tensor:
+    """uint8 ``[T, walks, C, H, W]``: each walk passes through ``keyframes`` random latents and back to the
+    first, ``frames`` steps per segment. Gaussian noise is interpolated on the sphere (slerp), uniform noise
+    linearly (it stays inside the box)."""
+    from distgan.trainer import sample_noise, to_uint8
+
+    g = torch.Generator().manual_seed(seed)
+    keys = sample_noise(keyframes * walks, cfg.model.z_dim, cfg.model.noise, "cpu", g).reshape(keyframes, walks, -1)
+    out = []
+    for k in range(keyframes):
+        a, b = keys[k], keys[(k + 1) % keyframes]
+        for f in range(frames):
+            t = f / frames
+            z = slerp(a, b, t) if cfg.model.noise == "normal" else a + (b - a) * t
+            out.append(to_uint8(G(z.to(device)), G.data_range).cpu())
+    return torch.stack(out)
+
+
+def write_gif(frames_u8: torch.Tensor, out: Path, ms_per_frame: int = 80) -> None:
+    """``[T, N, C, H, W]`` -> an animated GIF of grids, written atomically, looping forever."""
+    from PIL import Image
+
+    from distgan.tracking import image_grid
+
+    imgs = []
+    for frame in frames_u8:
+        arr = image_grid(frame)
+        imgs.append(Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=ms_per_frame, loop=0)
+    os.replace(tmp, out)
+
+
 def write_output(images: torch.Tensor, out: Path) -> None:
     """Write an .npz (key ``images``) or a .png grid atomically: no partial file where a good one was."""
     from distgan.tracking import image_grid, save_png
@@ -67,16 +111,26 @@ def write_output(images: torch.Tensor, out: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m distgan.sample", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run dir or checkpoint directory")
-    p.add_argument("--num", type=int, default=64, help="number of images (default %(default)s)")
-    p.add_argument("--out", required=True, help="output .npz (key 'images', uint8 [N,C,H,W]) or .png grid")
+    p.add_argument("--num", type=int, default=None,
+                   help="number of images (default 64), or of parallel walks with --interpolate (default 16)")
+    p.add_argument("--out", required=True, help="output .npz (key 'images', uint8 [N,C,H,W]), .png grid, or .gif walk")
+    p.add_argument("--interpolate", type=int, default=0, metavar="K",
+                   help="write latent-space walks through K random points (needs --out *.gif)")
+    p.add_argument("--frames", type=int, default=12, help="frames between two points of a walk (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=["ema", "raw"], default="ema", help="EMA generator (default) or trained G")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = p.parse_args(argv)
     out = Path(args.out)
-    if out.suffix not in (".npz", ".png"):
-        print(f"distgan: --out {out} must end in .npz or .png", file=sys.stderr)
+    if args.interpolate:
+        if out.suffix != ".gif" or args.interpolate < 2 or args.frames < 1:
+            print(f"distgan: --interpolate K needs K >= 2, --frames >= 1 and --out ending in .gif (got K="
+                  f"{args.interpolate}, --frames {args.frames}, --out {out})", file=sys.stderr)
+            return 2
+    elif out.suffix not in (".npz", ".png"):
+        print(f"distgan: --out {out} must end in .npz or .png (or .gif with --interpolate K)", file=sys.stderr)
         return 2
+    args.num = args.num if args.num is not None else (16 if args.interpolate else 64)
     if args.num <= 0:
         print(f"distgan: --num must be positive, got {args.num}", file=sys.stderr)
         return 2
@@ -88,6 +142,12 @@ def main(argv=None) -> int:
     except (CheckpointError, ConfigError) as e:
         print(f"distgan: {e}", file=sys.stderr)
         return 2
+    if args.interpolate:
+        frames = latent_walk(G, cfg, args.num, args.interpolate, args.frames, args.seed, args.device)
+        write_gif(frames, out)
+        print(f"[distgan] wrote {out}: {args.num} walks through {args.interpolate} points, {frames.shape[0]} frames, "
+              f"from {path} ({args.weights} weights, seed {args.seed})")
+        return 0
     images = generate(G, cfg, args.num, args.seed, device=args.device)
     write_output(images, out)
     print(f"[distgan] wrote {out} ({tuple(images.shape)} uint8) from {path} ({args.weights} weights, seed {args.seed})")

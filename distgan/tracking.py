@@ -50,6 +50,7 @@ class NullTracker:
     def log(self, step, metrics): pass
     def advance(self, n=1): pass
     def grid(self, step, images): pass
+    def write(self, line): pass
     def close(self): pass
 
 
@@ -89,6 +90,13 @@ class Tracker(NullTracker):
         if self.bar is not None:
             short = {"img/s": "img_s", "loss/D": "lossD", "loss/G": "lossG", "D(x)": "D(x)", "D(G(z))": "D(G(z))"}
             self.bar.set_postfix({v: f"{metrics[k]:.3g}" for k, v in short.items() if k in metrics}, refresh=False)
+
+    def write(self, line: str) -> None:
+        """A console line that does not break the progress bar."""
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:

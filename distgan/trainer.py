@@ -141,6 +141,7 @@ class Trainer:
         self.micro = t.batch_size // (self.world * t.grad_accum)
         self.precision = resolve_precision(cfg.runtime.precision, self.device)
         self.step = 0
+        self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best
         self._setup()
 
     # ------------------------------------------------------------------------------------ set-up
@@ -348,6 +349,8 @@ class Trainer:
                     self._grid(tracker)
                 if t.consistency_every and self.step % t.consistency_every == 0:
                     self.check_replicas()
+                if cfg.eval.every and (self.step % cfg.eval.every == 0 or done):
+                    self._eval_tick(tracker)
                 if self.step % t.ckpt_every == 0 or done:
                     self.save_checkpoint()
                 if self.step % t.stop_check_every == 0 and not done:
@@ -376,6 +379,57 @@ class Trainer:
                    "images_seen": self.step * self.cfg.train.batch_size * self.cfg.train.d_steps, **sched}
         tracker.log(self.step, metrics)
         return metrics
+
+    # ------------------------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict:
+        """Score the EMA generator (else G) on ``eval.num`` fixed-noise samples; every rank gets the figures.
+
+        Each rank generates its blocks and their classifier features; they are gathered, rank 0 computes
+        the metrics and broadcasts them, so a best-checkpoint decision is the same on every rank.
+        """
+        from distgan.evaluate import assemble, gather_blocks, generate_blocks
+        from distgan.metrics import suite
+
+        e = self.cfg.eval
+        metrics = suite.parse_metrics(e.metrics)
+        G = self.G_ema if self.G_ema is not None else self.G.net
+        blocks = generate_blocks(G, self.cfg, e.num, e.seed, self.rank, self.world, e.block, self.device,
+                                 features=bool(suite.FEATURE_METRICS & set(metrics)))
+        blocks = gather_blocks(blocks, self.world) if self.world > 1 else blocks
+        res = [None]
+        if self.acc.is_main_process:
+            images, feats, probs = assemble(blocks)
+            res[0] = suite.compute(images, metrics, self.cfg.data.root, feats, probs)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast_object_list(res, src=0)
+        return res[0]
+
+    def _eval_tick(self, tracker) -> None:
+        t0 = time.perf_counter()
+        res = self.evaluate()
+        figures = {k: v for k, v in res.items() if isinstance(v, (int, float))}
+        key = self.cfg.eval.best_metric
+        improved = False
+        if key:
+            from distgan.metrics.suite import LOWER_IS_BETTER
+
+            value = float(figures[key])
+            sign = -1.0 if key in LOWER_IS_BETTER else 1.0
+            improved = self.best is None or sign * value > sign * self.best["value"]
+            if improved:
+                self.best = {"metric": key, "value": value, "step": self.step}
+        if improved:
+            self.save_checkpoint(name="best")
+        tracker.log(self.step, {**{f"eval/{k}": v for k, v in figures.items()},
+                                "eval/seconds": time.perf_counter() - t0})
+        shown = " | ".join(f"{k} {v:.4g}" for k, v in figures.items() if k in ("fd", "cs", "mode_kl", "precision",
+                                                                                "recall", "parzen_ll"))
+        if "modes" in figures:
+            shown += f" | modes {figures['modes']}/{figures['modes_total']}"
+        best = f" | best {key} {self.best['value']:.4g} at step {self.best['step']}" if self.best else ""
+        tracker.write(f"[distgan] eval step {self.step}: {shown}{best} ({time.perf_counter() - t0:.1f} s)")
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, weights: str = "ema") -> torch.Tensor:
@@ -453,9 +507,10 @@ class Trainer:
                 "scaler_D": self.D.scaler.state_dict() if self.D.scaler else {},
                 # Noise, dropout and data order are reseeded from (seed, rank, step) every step, so these
                 # are not needed for an exact resume; they are restored when the world size is unchanged.
-                "rng_per_rank": rng_per_rank}
+                "rng_per_rank": rng_per_rank, "best": self.best}
 
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self, name: str | None = None) -> Path | None:
+        """A collective: every rank calls it. ``name="best"`` writes checkpoints/best (see checkpoint.save)."""
         self.check_guard()  # never write a checkpoint from a diverged state
         self.check_replicas()
         self._sync_buffers()
@@ -467,13 +522,14 @@ class Trainer:
                        "D.safetensors": ckpt_lib.plain_state_dict(self.D.net)}
             if self.G_ema is not None:
                 weights["G_ema.safetensors"] = ckpt_lib.plain_state_dict(self.G_ema)
+            extra_best = {"best": self.best} if name else {}
             j = self.step * self.cfg.train.d_steps
             epoch, offset = self.data.position(j)
             extra = {"images_seen": j * self.cfg.train.batch_size, "world_size": self.world,
                      "data": {"global_batches": j, "epoch": epoch, "batch_in_epoch": offset},
-                     "config": self.cfg.to_dict()}
+                     "config": self.cfg.to_dict(), **extra_best}
             path = ckpt_lib.save(self.ckpt_root, self.step, weights, self.training_state(rng), extra,
-                                 self.cfg.train.keep_last)
+                                 self.cfg.train.keep_last, name=name)
         self.acc.wait_for_everyone()
         return path
 
@@ -490,6 +546,9 @@ class Trainer:
             if net.scaler is not None and state.get(key):
                 net.scaler.load_state_dict(state[key])
         self.step = int(state["step"])
+        self.best = state.get("best")
+        if self.best is not None and self.best.get("metric") != self.cfg.eval.best_metric:
+            self.best = None  # another figure selects from now on; the next evaluation starts a new best
         rngs = state.get("rng_per_rank") or []
         if len(rngs) == self.world:
             self.set_rng_state(rngs[self.rank])

@@ -61,7 +61,9 @@ def mode_coverage(probs: torch.Tensor, num_classes: int | None = None) -> dict:
 
 
 def histogram_stats(hist: torch.Tensor) -> dict:
+    """Modes above 1/5 of uniform, KL(q || uniform) and the extreme shares of a histogram of counts."""
     k = hist.numel()
+    hist = hist.double()
     q = hist / hist.sum()
     nz = q > 0
     kl = (q[nz] * (q[nz] * k).log()).sum().item()

@@ -20,7 +20,11 @@ def _dcgan_init(module: nn.Module) -> None:
 
 
 class DCGANGenerator28(nn.Module):
-    """z -> Linear(4w x 7 x 7) BN ReLU -> ConvT 14x14 (2w) BN ReLU -> ConvT 28x28 (C) tanh."""
+    """z -> fc 1024 BN ReLU -> fc (2w x 7 x 7) BN ReLU -> ConvT 14x14 (w) BN ReLU -> ConvT 28x28 (C) tanh.
+
+    The MNIST layout of InfoGAN (Chen et al. 2016, appendix C.1): two fully connected layers before the
+    up-convolutions train fast and cost little (most work is at 7x7 and 14x14).
+    """
 
     data_range = (-1.0, 1.0)
 
@@ -29,22 +33,24 @@ class DCGANGenerator28(nn.Module):
         c, h, w = image_shape
         assert (h, w) == (28, 28), f"dcgan28 makes 28x28 images, the config asks for {h}x{w}"
         self.z_dim, self.image_shape, self.width = z_dim, tuple(image_shape), width
-        self.fc = nn.Linear(z_dim, 4 * width * 7 * 7, bias=False)
-        self.bn0 = nn.BatchNorm1d(4 * width * 7 * 7)
+        self.fc = nn.Sequential(
+            nn.Linear(z_dim, 1024, bias=False), nn.BatchNorm1d(1024), nn.ReLU(),
+            nn.Linear(1024, 2 * width * 7 * 7, bias=False), nn.BatchNorm1d(2 * width * 7 * 7), nn.ReLU(),
+        )
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
-            nn.ConvTranspose2d(2 * width, c, 4, 2, 1),
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.ConvTranspose2d(width, c, 4, 2, 1),
         )
         _dcgan_init(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.bn0(self.fc(z)))
-        h = einops.rearrange(h, "b (c h w) -> b c h w", h=7, w=7)
+        h = einops.rearrange(self.fc(z), "b (c h w) -> b c h w", h=7, w=7)
         return torch.tanh(self.up(h))
 
 
 class DCGANDiscriminator28(nn.Module):
-    """Conv 14x14 (w) LReLU -> Conv 7x7 (2w) LReLU -> Linear 1 (logit)."""
+    """Conv 14x14 (w) LReLU -> Conv 7x7 (2w) LReLU -> fc 1024 LReLU -> fc 1 (logit). No normalisation:
+    real and fake go through one forward (phases.py), and BatchNorm would mix their statistics."""
 
     def __init__(self, image_shape=(1, 28, 28), width: int = 64):
         super().__init__()
@@ -53,7 +59,7 @@ class DCGANDiscriminator28(nn.Module):
             nn.Conv2d(c, width, 4, 2, 1), nn.LeakyReLU(0.2),
             nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2),
         )
-        self.fc = nn.Linear(2 * width * (h // 4) * (w // 4), 1)
+        self.fc = nn.Sequential(nn.Linear(2 * width * (h // 4) * (w // 4), 1024), nn.LeakyReLU(0.2), nn.Linear(1024, 1))
         _dcgan_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,7 @@ def test_wandb_offline_run_dir(debug_run):
 
 def test_metrics_log(debug_run):
     run_dir, _ = debug_run
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for x in (run_dir / "metrics.jsonl").read_text().splitlines() if "loss/D" in (r := json.loads(x))]
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
     for r in rows:
         assert {"loss/D", "loss/G", "D(x)", "D(G(z))", "img/s", "lr/D"} <= set(r)
@@ -97,6 +97,91 @@ def test_evaluate_parzen_prints_estimate(debug_run, tmp_path):
     assert np.isfinite(res["parzen_ll"]) and res["num"] == 500
 
 
+def eval_rows(run_dir):
+    return [r for x in (run_dir / "metrics.jsonl").read_text().splitlines() if "eval/fd" in (r := json.loads(x))]
+
+
+def test_in_training_eval_keeps_best(debug_run):
+    from distgan.checkpoint import verify
+
+    run_dir, proc = debug_run
+    rows = eval_rows(run_dir)
+    assert [r["step"] for r in rows] == [20, 40]
+    for r in rows:
+        assert r["eval/fd"] > 0 and 1 <= r["eval/modes"] <= 10 and 1 <= r["eval/cs"] <= 10
+    assert "[distgan] eval step 20: fd" in proc.stdout
+    best = run_dir / "checkpoints" / "best"
+    manifest = verify(best)
+    winner = min(rows, key=lambda r: r["eval/fd"])
+    assert manifest["best"] == {"metric": "fd", "value": winner["eval/fd"], "step": winner["step"]}
+    assert manifest["step"] == winner["step"]
+    state = torch.load(best / "state.pt", weights_only=True)
+    assert state["step"] == winner["step"] and state["best"]["step"] == winner["step"]
+
+
+def test_evaluate_all_feature_metrics(debug_run, tmp_path):
+    run_dir, _ = debug_run
+    js = tmp_path / "e.json"
+    p = run(["distgan.evaluate", "--checkpoint", str(run_dir / "checkpoints" / "best"), "--metrics", "fd,cs,modes,pr",
+             "--num", "500", "--block", "250", "--json", str(js)])
+    res = json.loads(js.read_text())
+    for k in ("fd", "cs", "modes", "mode_kl", "precision", "recall", "density", "coverage"):
+        assert k in res and f"{k} " in p.stdout
+    assert res["fd"] > 0 and 0 <= res["precision"] <= 1 and res["num"] == 500
+    bad = run(["distgan.evaluate", "--checkpoint", str(run_dir), "--metrics", "fd,fid"], check=False)
+    assert bad.returncode == 2 and "fid" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_distributed_evaluate_equals_one_process(debug_run, tmp_path):
+    from tests.conftest import accelerate_bin, free_port
+
+    run_dir, _ = debug_run
+    ckpt = str(run_dir / "checkpoints" / "step-000000040")
+    args = ["--checkpoint", ckpt, "--num", "1000", "--block", "250", "--metrics", "fd,cs,modes,pr,nn"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = run(["distgan.evaluate", *args, "--json", str(tmp_path / "one.json")], env)
+    cmd = [accelerate_bin(), "launch", "--config_file", "launch/cpu_debug.yaml", "--num_processes", "2",
+           "--main_process_port", str(free_port()), "-m", "distgan.evaluate", *args, "--json", str(tmp_path / "two.json")]
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240, start_new_session=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert a["world_size"] == 1 and b["world_size"] == 2
+    for k in ("eval_seconds", "world_size"):
+        a.pop(k), b.pop(k)
+    assert a == b
+    assert one.stdout.count("fd ") == 1
+
+
+def test_report_png(debug_run, tmp_path):
+    from PIL import Image
+
+    run_dir, _ = debug_run
+    run(["distgan.report", str(run_dir)])
+    img = Image.open(run_dir / "report.png")
+    assert img.size[0] >= 800 and img.size[1] >= 600
+    bad = run(["distgan.report", str(tmp_path)], check=False)
+    assert bad.returncode == 2 and "metrics.jsonl" in bad.stderr and not (tmp_path / "report.png").exists()
+
+
+def test_latent_walk_gif(debug_run, tmp_path):
+    from PIL import Image
+
+    run_dir, _ = debug_run
+    out = tmp_path / "walk.gif"
+    run(["distgan.sample", "--checkpoint", str(run_dir), "--interpolate", "3", "--frames", "4", "--num", "4",
+         "--out", str(out)])
+    gif = Image.open(out)
+    assert gif.n_frames == 12 and gif.size == (2 + 2 * 30, 2 + 2 * 30)
+    frames = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        frames.append(np.array(gif.convert("L")))
+    assert not np.array_equal(frames[0], frames[1]), "a walk that does not move"
+    bad = run(["distgan.sample", "--checkpoint", str(run_dir), "--interpolate", "3", "--out", str(tmp_path / "w.png")],
+              check=False)
+    assert bad.returncode == 2 and ".gif" in bad.stderr
+
+
 def test_resume_continues_from_saved_step(debug_run):
     run_dir, _ = debug_run
     refused = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir),
@@ -105,7 +190,7 @@ def test_resume_continues_from_saved_step(debug_run):
     p = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.max_steps=50",
              "train.resume=auto", "train.progress=false"], {"WANDB_MODE": "offline"})
     assert "at step 40" in p.stdout
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for x in (run_dir / "metrics.jsonl").read_text().splitlines() if "loss/D" in (r := json.loads(x))]
     assert [r["step"] for r in rows][-1] == 50 and [r["step"] for r in rows].count(40) == 1
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000000050"
     # the W&B run continues: the resumed start logs into a run with the same id
