@@ -2,6 +2,12 @@
 
     python -m distgan.bench --config configs/mnist_paper.yaml [--steps 200] [--compile both|on|off]
                             [--precision no|bf16|fp16|auto] [--repeats 3] [--quick]
+    python -m distgan.bench --stream --config configs/webdataset_64.yaml data.urls='shards/train-{000000..000009}.tar'
+    python -m distgan.bench --data-only --config configs/webdataset_64.yaml data.urls='...'
+
+``--stream``: the trainer fed from shards (DataLoader workers decoding) against the same trainer fed
+from the same images held in memory (``data.in_memory=true``), side by side. ``--data-only``: the
+loader alone (no model), images/s per rank for 0 workers and for ``data.workers``.
 
 Every row runs in its own process (clean memory figures, no compile cache shared with another row),
 rows are interleaved over ``--repeats`` rounds and the median is printed. Both loops do the same
@@ -214,11 +220,30 @@ def gemm_reference(cfg, repeats: int = 20) -> float:
     return flops * repeats / (time.perf_counter() - t0) / 1e9
 
 
+def row_data(cfg, steps: int, warmup: int) -> dict:
+    """The stream alone: batches of this rank's micro-batch size pulled through the DataLoader."""
+    from distgan.data.stream import StreamBatches, check_urls, expand_urls
+
+    urls = expand_urls(cfg.data.urls)
+    check_urls(urls)
+    B = cfg.train.batch_size
+    sb = StreamBatches(urls, B, cfg.data.image_shape, 0, 1, cfg.train.seed, cfg.data.workers, cfg.data.shuffle_buffer,
+                       "cpu")
+    for j in range(warmup):
+        sb.batch(j)
+    t0 = time.perf_counter()
+    for j in range(warmup, warmup + steps):
+        sb.batch(j)
+    dt = (time.perf_counter() - t0) / steps
+    return {"s_per_step": dt, "workers": cfg.data.workers, "skipped": sb.skipped, "device": "cpu",
+            "precision": "-", "peak_mem_mb": _peak_mem_mb(torch.device("cpu"))}
+
+
 def _run_row(args) -> None:
     from distgan.config import load
 
     cfg = load(args.config, args.overrides + ["train.progress=false", "wandb.mode=disabled"])
-    fn = {"textbook": row_textbook, "trainer": row_trainer}[args._row]
+    fn = {"textbook": row_textbook, "trainer": row_trainer, "data": row_data}[args._row]
     out = fn(cfg, args.steps, args.warmup)
     out["gemm_gflops"] = gemm_reference(cfg) if args._row == "textbook" else None
     out["torch"] = torch.__version__
@@ -247,6 +272,9 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="no", help="trainer precision: no, bf16, fp16, auto (default %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is shown")
     p.add_argument("--quick", action="store_true", help="a few steps, one round: checks that every row runs")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--stream", action="store_true", help="trainer from shards vs from memory (webdataset configs)")
+    mode.add_argument("--data-only", action="store_true", help="the shard loader alone (webdataset configs)")
     p.add_argument("--_row", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides for every row (section.key=value)")
     args = p.parse_args(argv)
@@ -255,6 +283,8 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         args.steps, args.warmup, args.repeats = 5, 2, 1
+    if args.stream or args.data_only:
+        return _main_stream(args)
     rows = [("textbook", "eager", [])]
     prec = [f"runtime.precision={args.precision}"]
     if args.compile in ("both", "off"):
@@ -266,6 +296,50 @@ def main(argv=None) -> int:
         for i, (row, _, ov) in enumerate(rows):
             results[i].append(_spawn(args, row, ov))
     _print_table(args, rows, results)
+    return 0
+
+
+def _main_stream(args) -> int:
+    from distgan.config import ConfigError, load
+
+    try:
+        cfg = load(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"distgan: {e}", file=sys.stderr)
+        return 2
+    if cfg.data.dataset != "webdataset":
+        print(f"distgan: --stream and --data-only need a webdataset config; {args.config} has data.dataset="
+              f"{cfg.data.dataset}", file=sys.stderr)
+        return 2
+    if args.data_only:
+        rows = [("data", "workers=0", ["data.workers=0"]),
+                ("data", f"workers={cfg.data.workers}", [f"data.workers={cfg.data.workers}"])]
+    else:
+        prec = [f"runtime.precision={args.precision}", f"compile.enabled={args.compile == 'on'}"]
+        rows = [("trainer", "memory", prec + ["data.in_memory=true"]), ("trainer", "stream", prec + ["data.in_memory=false"])]
+    results: dict[int, list[dict]] = {i: [] for i in range(len(rows))}
+    for _ in range(args.repeats):
+        for i, (row, _, ov) in enumerate(rows):
+            results[i].append(_spawn(args, row, ov))
+    med = {i: min(rs, key=lambda r: abs(r["s_per_step"] - statistics.median(x["s_per_step"] for x in rs)))
+           for i, rs in results.items()}
+    imgs = cfg.train.batch_size * (1 if args.data_only else cfg.train.d_steps)
+    first = med[0]
+    print(f"distgan.bench {'--data-only' if args.data_only else '--stream'} | config {args.config} | image "
+          f"{'x'.join(map(str, cfg.data.image_shape))} | batch {cfg.train.batch_size} | torch {first['torch']} | device "
+          f"{first['device']}{' ' + first.get('gpu', '') if first.get('gpu') else ''} | threads {first['threads']} | "
+          f"{args.steps} timed steps, median of {args.repeats}")
+    hdr = f"{'row':<9}{'mode':<12}{'img/s':>10}{'ms/step':>10}{'vs first':>10}{'peak MB':>9}"
+    print(hdr)
+    print("-" * len(hdr))
+    base = imgs / med[0]["s_per_step"]
+    for i, (row, mode, _) in enumerate(rows):
+        ips = imgs / med[i]["s_per_step"]
+        print(f"{row:<9}{mode:<12}{ips:>10.0f}{1e3 * med[i]['s_per_step']:>10.2f}{ips / base:>10.2f}"
+              f"{med[i]['peak_mem_mb']:>9.0f}")
+    if not args.data_only:
+        print(f"streaming runs at {100 * (imgs / med[1]['s_per_step']) / base:.1f}% of the in-memory "
+              f"images/s (data.workers={cfg.data.workers})")
     return 0
 
 

@@ -46,6 +46,8 @@ class ModelConfig:
     """Architecture-specific width (hidden units or base channels); 0 keeps the architecture's default."""
     sync_batchnorm: bool = False
     """Convert BatchNorm layers to SyncBatchNorm under DDP (conv nets)."""
+    d_spectral_norm: bool = False
+    """Spectral normalisation on every layer of D (``dcgan``); pair it with ``loss.name=hinge``."""
 
     def __post_init__(self):
         from distgan.networks import DISCRIMINATORS, GENERATORS
@@ -59,26 +61,67 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["mnist"] = "mnist"
-    """Dataset name. ``mnist``: train[0:50000] for training, train[50000:60000] for validation."""
+    dataset: Literal["mnist", "webdataset"] = "mnist"
+    """``mnist``: train[0:50000] for training (train[50000:60000] is validation), held on the device.
+    ``webdataset``: images streamed from tar shards (``data.urls``), see ``distgan.data.stream``."""
     root: str = "data"
-    """Directory holding ``MNIST/raw/*-idx?-ubyte`` (torchvision layout); overridden by $DISTGAN_DATA_DIR."""
+    """Directory holding ``MNIST/raw/*-idx?-ubyte`` (torchvision layout); overridden by $DISTGAN_DATA_DIR.
+    Also where the MNIST-based metrics find the test set."""
     download: bool = True
     """Download MNIST into ``root`` when the files are missing (needs internet)."""
+    urls: str = ""
+    """webdataset: shard URLs in brace notation, e.g. ``shards/train-{000000..000099}.tar``; local paths,
+    ``pipe:curl -s -L https://...`` or ``pipe:aws s3 cp s3://... -``."""
+    image_size: int = 28
+    """webdataset: square image size in pixels (32 or 64 for the ``dcgan`` networks)."""
+    channels: int = 1
+    """webdataset: 1 (grayscale) or 3 (RGB)."""
+    workers: int = 2
+    """webdataset: DataLoader worker processes per rank that read and decode shards (0: in the training process)."""
+    shuffle_buffer: int = 1000
+    """webdataset: samples held per worker for shuffling across shards."""
+    in_memory: bool = False
+    """webdataset: read every shard once at start into a device tensor and sample like MNIST (small
+    datasets; also the reference row of ``distgan.bench --stream``)."""
+    samples_per_epoch: int = 0
+    """webdataset: samples in one pass over the shards, for epoch-based schedules and logging (0: read
+    ``{prefix}-meta.json`` beside the first local shard if there is one)."""
 
     def __post_init__(self):
-        _choices("data.dataset", self.dataset, {"mnist"})
+        _choices("data.dataset", self.dataset, {"mnist", "webdataset"})
+        _choices("data.channels", self.channels, {1, 3})
+        _positive("data.image_size", self.image_size)
+        _positive("data.workers", self.workers, zero_ok=True)
+        _positive("data.shuffle_buffer", self.shuffle_buffer, zero_ok=True)
+        _positive("data.samples_per_epoch", self.samples_per_epoch, zero_ok=True)
+        if self.dataset == "webdataset" and not self.urls.strip():
+            raise ConfigError("data.dataset=webdataset needs data.urls, e.g. data.urls='shards/train-{000000..000009}.tar' "
+                              "(write shards with `python -m distgan.data.make_shards`)")
+        if self.dataset == "mnist" and (self.image_size, self.channels) != (28, 1):
+            raise ConfigError(f"data.dataset=mnist is 28x28x1; data.image_size={self.image_size} and data.channels="
+                              f"{self.channels} need data.dataset=webdataset (make_shards --from mnist --size N)")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.image_size, self.image_size)
 
 
 @dataclass
 class LossConfig:
     name: str = "nonsaturating"
     """GAN loss, a key of ``distgan.losses.LOSSES``: minimax (Algorithm 1), nonsaturating (paper s.3), hinge."""
+    r1_gamma: float = 0.0
+    """R1 penalty weight (Mescheder et al. 2018): gamma/2 E||grad_x D(x)||^2 on real images (0: off)."""
+    r1_every: int = 16
+    """Lazy regularisation (StyleGAN2): apply R1 every this many steps, scaled by the interval. It runs
+    eagerly, outside torch.compile (double backward does not compile)."""
 
     def __post_init__(self):
         from distgan.losses import LOSSES
 
         _choices("loss.name", self.name, LOSSES)
+        _positive("loss.r1_gamma", self.r1_gamma, zero_ok=True)
+        _positive("loss.r1_every", self.r1_every)
 
 
 @dataclass
@@ -270,7 +313,7 @@ class EvalConfig:
 
 def best_metric_names(metrics) -> set[str]:
     """The figures that can select a best checkpoint for the given metric names."""
-    figures = {"fd": {"fd"}, "cs": {"cs"}, "modes": {"modes", "mode_kl"},
+    figures = {"fd": {"fd"}, "cs": {"cs"}, "modes": {"modes", "mode_kl"}, "stacked": {"stacked_modes", "stacked_kl"},
                "pr": {"precision", "recall", "density", "coverage"}, "nn": {"memorised_share"},
                "parzen": {"parzen_ll"}}
     return set().union(*(figures[m] for m in metrics))
@@ -288,6 +331,30 @@ class Config:
     compile: CompileConfig = field(default_factory=CompileConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        from distgan.networks import SPECTRAL_NORM
+
+        c, h, w = self.data.image_shape
+        m = self.model
+        if "dcgan28" in (m.generator, m.discriminator) and (h, w) != (28, 28):
+            raise ConfigError(f"model dcgan28 makes 28x28 images but the data are {h}x{w}; use model.generator=dcgan "
+                              f"and model.discriminator=dcgan for 32 or 64 px")
+        if "dcgan" in (m.generator, m.discriminator) and h not in (32, 64):
+            raise ConfigError(f"model dcgan makes 32x32 or 64x64 images but data.image_size={h}; use 32 or 64 (or dcgan28 for 28)")
+        if m.d_spectral_norm and m.discriminator not in SPECTRAL_NORM:
+            raise ConfigError(f"model.d_spectral_norm=true is available for discriminators {sorted(SPECTRAL_NORM)}, "
+                              f"not {m.discriminator!r}")
+        if self.eval.every:
+            from distgan.metrics.suite import RGB_METRICS, parse_metrics
+
+            if (h, w) != (28, 28):
+                raise ConfigError(f"eval.every={self.eval.every}: the metrics use an MNIST classifier and need 28x28 "
+                                  f"images; the data are {c}x{h}x{w}. Set eval.every=0")
+            wrong = [m for m in parse_metrics(self.eval.metrics) if (m in RGB_METRICS) != (c == 3)]
+            if wrong:
+                raise ConfigError(f"eval.metrics: {wrong} do not apply to {c}-channel data; use 'stacked' for "
+                                  f"3-channel Stacked MNIST and fd,cs,modes,pr,nn,parzen for MNIST")
 
     def to_dict(self) -> dict:
         def conv(v):

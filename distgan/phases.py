@@ -11,6 +11,9 @@ noise, then one update of G. Synchronisation rules under DDP:
 - Gradient accumulation: every micro-step but the last runs under ``no_sync`` of the network being
   trained, so the all-reduce happens once per update.
 - fp16: each network has its own GradScaler, stepped and updated once per update of that network.
+- R1 (``d_reg_step``, lazy, every ``loss.r1_every`` steps): double backward through D, so it runs on
+  the plain eager D in fp32, outside DDP and torch.compile; the gradients are all-reduced by hand
+  (as StyleGAN2-ADA does), so every rank applies the same update.
 - Non-finite gradients: checked on the device after the all-reduce (so identical on every rank) and
   handed to the fused optimizer as ``found_inf``, which then skips the update inside the kernel:
   parameters, moments and step count stay untouched, and no host sync happens. Counts are kept on
@@ -106,6 +109,35 @@ class GANStep:
                                   torch.sigmoid(fake_l.detach()).mean()]) / n
         self._update(D, 0)
         return stats
+
+    def d_reg_step(self, reals: list[torch.Tensor], gamma: float, interval: int) -> torch.Tensor:
+        """One lazy R1 update of D: ``interval * gamma / 2 * E||grad_x D(x)||^2`` on real images. Returns [penalty]."""
+        D = self.D
+        D.net.requires_grad_(True)
+        D.opt.zero_grad(set_to_none=True)
+        n = len(reals)
+        total = torch.zeros((), device=self.device)
+        for x in reals:
+            x = x.detach().float().requires_grad_(True)
+            (grad,) = torch.autograd.grad(D.net(x).sum(), x, create_graph=True)
+            penalty = grad.square().flatten(1).sum(1).mean()
+            (penalty * (gamma / 2 * interval / n)).backward()
+            total += penalty.detach() / n
+        if self.acc.num_processes > 1:
+            import torch.distributed as dist
+
+            grads = [p.grad for p in D.net.parameters() if p.grad is not None]
+            flat = torch._utils._flatten_dense_tensors(grads)
+            dist.all_reduce(flat)
+            flat /= self.acc.num_processes
+            for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+                g.copy_(f)
+        scaler, D.scaler = D.scaler, None  # the penalty ran in fp32: no loss scale to undo
+        try:
+            self._update(D, 0)
+        finally:
+            D.scaler = scaler
+        return total.unsqueeze(0)
 
     def g_step(self, noises: list[torch.Tensor]) -> torch.Tensor:
         """One G update over ``len(noises)`` micro-batches. Returns [loss] on device."""

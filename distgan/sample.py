@@ -28,8 +28,11 @@ def load_generator(checkpoint: str | os.PathLike, weights: str = "ema", device="
 
     path = ckpt_lib.resolve(checkpoint)
     manifest = ckpt_lib.verify(path)
-    # Only the model section decides the generator; other sections may come from another version.
-    cfg = build({"model": manifest["config"]["model"]})
+    # Only the model section and the image shape decide the generator; other sections may come from
+    # another version, and the data need not be present where the samples are drawn.
+    data = manifest["config"].get("data", {})
+    cfg = build({"model": manifest["config"]["model"],
+                 "data": {k: data[k] for k in ("dataset", "urls", "image_size", "channels") if k in data}})
     G, _ = build_networks(cfg)
     name = {"ema": "G_ema.safetensors", "raw": "G.safetensors"}[weights]
     if weights == "ema" and not (path / name).exists():

@@ -29,7 +29,6 @@ from distgan.phases import GANStep, Net
 from distgan.runtime import (RankZero, build_accelerator, make_scaler, maybe_compile, resolve_precision,
                              step_seed)
 
-IMAGE_SHAPE = (1, 28, 28)
 _NOISE_SALT = {"d": 1, "g": 2}
 
 
@@ -70,8 +69,9 @@ def to_uint8(images: torch.Tensor, data_range: tuple[float, float]) -> torch.Ten
 
 
 def build_networks(cfg: Config) -> tuple[nn.Module, nn.Module]:
-    G = build_generator(cfg.model.generator, cfg.model.z_dim, cfg.model.width, IMAGE_SHAPE)
-    D = build_discriminator(cfg.model.discriminator, cfg.model.width, IMAGE_SHAPE)
+    shape = cfg.data.image_shape
+    G = build_generator(cfg.model.generator, cfg.model.z_dim, cfg.model.width, shape)
+    D = build_discriminator(cfg.model.discriminator, cfg.model.width, shape, cfg.model.d_spectral_norm)
     return G, D
 
 
@@ -124,6 +124,21 @@ def run_metadata() -> dict:
             "host": platform.node(), "argv": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+def _meta_count(urls: list[str]) -> int:
+    """Samples per pass from the ``*-meta.json`` that make_shards writes beside local shards (0 if none)."""
+    from distgan.data.stream import _local_path
+
+    first = _local_path(urls[0])
+    if first is None:
+        return 0
+    prefix = first.name.rsplit("-", 1)[0]
+    meta = first.parent / f"{prefix}-meta.json"
+    try:
+        return int(json.loads(meta.read_text())["samples"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | os.PathLike, accelerator=None):
         self.cfg = cfg
@@ -142,6 +157,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.runtime.precision, self.device)
         self.step = 0
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best
+        self.r1_last: torch.Tensor | None = None
         self._setup()
 
     # ------------------------------------------------------------------------------------ set-up
@@ -152,11 +168,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         G, D = build_networks(cfg)
         self.data_range = G.data_range
-        images, _ = load_split(cfg.data.root, "train", cfg.data.download)
-        if hasattr(G, "init_output_bias"):
-            G.init_output_bias(images.float().mean(0) / 255.0)
-        self.data = ShardedBatches(images.to(self.device), cfg.train.batch_size, self.rank, self.world,
-                                   cfg.train.seed, cfg.train.grad_accum)
+        start = json.loads((resume_from / "manifest.json").read_text())["step"] if resume_from else 0
+        self.data = self._make_data(G, start)
         if cfg.model.sync_batchnorm and self.world > 1 and self.device.type != "cuda":
             raise ConfigError("model.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm is GPU-only); on "
                               "CPUs leave it false: BatchNorm statistics are then rank 0's, broadcast by DDP")
@@ -188,6 +201,32 @@ class Trainer:
             f"= {self.world} ranks x {cfg.train.grad_accum} micro x {self.micro} | "
             + (f"resumed from {resume_from} at step {self.step}" if resume_from else "fresh start"))
         self._write_run_files(resumed=resume_from is not None)
+
+    def _make_data(self, G, start_step: int):
+        """In-memory MNIST sharded per rank, or a resampled WebDataset stream (see distgan.data.stream)."""
+        cfg = self.cfg
+        if cfg.data.dataset == "webdataset":
+            from distgan.data.stream import StreamBatches, check_urls, expand_urls
+
+            urls = expand_urls(cfg.data.urls)
+            check_urls(urls)
+            if cfg.data.in_memory:
+                from distgan.data.stream import read_all
+
+                images, _, skipped = read_all(urls, cfg.data.image_shape, workers=min(cfg.data.workers, len(urls)))
+                if skipped:
+                    self.rank0.print(f"[distgan] skipped {skipped} unreadable samples while loading {cfg.data.urls}")
+                return ShardedBatches(images.to(self.device), cfg.train.batch_size, self.rank, self.world,
+                                      cfg.train.seed, cfg.train.grad_accum)
+            per_epoch = cfg.data.samples_per_epoch or _meta_count(urls)
+            return StreamBatches(urls, self.micro, cfg.data.image_shape, self.rank, self.world, cfg.train.seed,
+                                 cfg.data.workers, cfg.data.shuffle_buffer, self.device, start_step=start_step,
+                                 samples_per_epoch=per_epoch, global_batch=cfg.train.batch_size)
+        images, _ = load_split(cfg.data.root, "train", cfg.data.download)
+        if hasattr(G, "init_output_bias"):
+            G.init_output_bias(images.float().mean(0) / 255.0)
+        return ShardedBatches(images.to(self.device), cfg.train.batch_size, self.rank, self.world,
+                              cfg.train.seed, cfg.train.grad_accum)
 
     def _backend(self) -> str:
         import torch.distributed as dist
@@ -267,6 +306,8 @@ class Trainer:
             reals = [self.real_batch(j, m) for m in range(accum)]
             noises = [self.noise(self.micro) for _ in range(accum)]
             d_stats = d_stats + self.gan.d_step(reals, noises) / k
+        if cfg.loss.r1_gamma and step % cfg.loss.r1_every == 0:  # lazy R1 on the last real batch
+            self.r1_last = self.gan.d_reg_step(reals, cfg.loss.r1_gamma, cfg.loss.r1_every)
         g_stats = self.gan.g_step([self.noise(self.micro) for _ in range(accum)])
         self.gan.end_step()
         if self.G_ema is not None:
@@ -377,6 +418,11 @@ class Trainer:
         guard = self.check_guard()
         metrics = {**guard, "loss/D": v[0], "D(x)": v[1], "D(G(z))": v[2], "loss/G": v[3], "img/s": ips.item(),
                    "images_seen": self.step * self.cfg.train.batch_size * self.cfg.train.d_steps, **sched}
+        if self.r1_last is not None:
+            metrics["loss/R1"] = self.r1_last.item()
+        if hasattr(self.data, "skipped"):  # bad samples skipped by the stream, all ranks
+            bad = torch.tensor([float(self.data.skipped)], device=self.device)
+            metrics["data/skipped"] = (self.acc.reduce(bad, reduction="sum") if self.world > 1 else bad).item()
         tracker.log(self.step, metrics)
         return metrics
 

@@ -16,13 +16,16 @@ import torch
 from distgan.metrics import scores
 from distgan.metrics.classifier import WEIGHTS, features_and_probs
 
-METRICS = ("fd", "cs", "modes", "pr", "nn", "parzen")
+METRICS = ("fd", "cs", "modes", "pr", "nn", "parzen", "stacked")
 """fd: Frechet distance in classifier features; cs: classifier score; modes: class coverage and KL to
 uniform; pr: precision, recall, density, coverage (k=3); nn: nearest-neighbour memorisation check
-against the training set; parzen: the paper's Parzen-window log-likelihood."""
+against the training set; parzen: the paper's Parzen-window log-likelihood; stacked: Stacked MNIST
+modes (the classifier on each of the 3 channels; 1000 modes) and KL to uniform."""
+RGB_METRICS = {"stacked"}
+"""Metrics of 3-channel 28x28 samples (Stacked MNIST); the others need 1-channel MNIST samples."""
 FAST = ("fd", "cs", "modes")
 FEATURE_METRICS = {"fd", "cs", "modes", "pr"}
-LOWER_IS_BETTER = {"fd", "mode_kl", "memorised_share"}
+LOWER_IS_BETTER = {"fd", "mode_kl", "memorised_share", "stacked_kl"}
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
@@ -75,6 +78,13 @@ def compute(images_u8: torch.Tensor, metrics=FAST, data_root: str = "data", feat
     ``feats``/``probs`` may be passed when already computed (gathered across ranks, for instance).
     """
     out: dict = {}
+    channels = images_u8.shape[1]
+    wrong = [m for m in metrics if (m in RGB_METRICS) != (channels == 3)]
+    if wrong:
+        raise ValueError(f"metrics {wrong} do not apply to {channels}-channel samples; 'stacked' is for 3-channel "
+                         f"Stacked MNIST, the others for 1-channel MNIST")
+    if "stacked" in metrics:
+        out.update(stacked_mnist_modes(images_u8))
     if FEATURE_METRICS & set(metrics):
         if feats is None or probs is None:
             feats, probs = features_and_probs(images_u8)
@@ -101,3 +111,15 @@ def compute(images_u8: torch.Tensor, metrics=FAST, data_root: str = "data", feat
             train = load_split(data_root, "train", download=False)[0].float().flatten(1) / 255.0
             out.update(nearest_neighbour_check(x, train, test))
     return out
+
+
+def stacked_mnist_modes(images_u8: torch.Tensor) -> dict:
+    """Stacked MNIST mode count (the protocol of VEEGAN and PacGAN): classify each channel of
+    ``[N, 3, 28, 28]`` samples, mode = 100 a + 10 b + c. ``stacked_modes``: modes with at least one
+    sample (the published figure); ``stacked_kl``: KL(mode histogram || uniform over 1000)."""
+    digits = [features_and_probs(images_u8[:, c:c + 1].contiguous())[1].argmax(1) for c in range(3)]
+    code = digits[0] * 100 + digits[1] * 10 + digits[2]
+    hist = torch.bincount(code, minlength=1000)
+    st = scores.histogram_stats(hist)
+    return {"stacked_modes": int((hist > 0).sum().item()), "stacked_kl": st["mode_kl"],
+            "stacked_modes_fifth": st["modes"], "stacked_num": int(images_u8.shape[0])}

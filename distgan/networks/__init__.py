@@ -4,17 +4,21 @@ Every network here is a plain ``nn.Module`` that never imports accelerate. Image
 floats in the network's ``data_range`` (generators declare it; the trainer scales data to match).
 """
 
-from distgan.networks.dcgan import DCGANDiscriminator28, DCGANGenerator28
+from distgan.networks.dcgan import DCGANDiscriminator, DCGANDiscriminator28, DCGANGenerator, DCGANGenerator28
 from distgan.networks.mlp import PaperMaxoutDiscriminator, PaperMLPGenerator
 
 GENERATORS = {
     "paper_mlp": PaperMLPGenerator,
     "dcgan28": DCGANGenerator28,
+    "dcgan": DCGANGenerator,
 }
 DISCRIMINATORS = {
     "paper_maxout": PaperMaxoutDiscriminator,
     "dcgan28": DCGANDiscriminator28,
+    "dcgan": DCGANDiscriminator,
 }
+SPECTRAL_NORM = {"dcgan"}
+"""Discriminators that take ``spectral_norm=True`` (model.d_spectral_norm)."""
 
 
 def build_generator(name: str, z_dim: int, width: int = 0, image_shape=(1, 28, 28)):
@@ -22,6 +26,8 @@ def build_generator(name: str, z_dim: int, width: int = 0, image_shape=(1, 28, 2
     return GENERATORS[name](z_dim=z_dim, image_shape=tuple(image_shape), **kwargs)
 
 
-def build_discriminator(name: str, width: int = 0, image_shape=(1, 28, 28)):
+def build_discriminator(name: str, width: int = 0, image_shape=(1, 28, 28), spectral_norm: bool = False):
     kwargs = {"width": width} if width else {}
+    if spectral_norm:
+        kwargs["spectral_norm"] = True
     return DISCRIMINATORS[name](image_shape=tuple(image_shape), **kwargs)

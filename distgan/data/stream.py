@@ -1,0 +1,221 @@
+"""Images streamed from WebDataset tar shards (written by ``python -m distgan.data.make_shards``).
+
+Two modes:
+
+- ``resampled`` (training): each (rank, DataLoader worker) draws shards *with replacement* from the
+  whole list, from a seed of (seed, rank, worker, start step), and streams forever. Every rank takes
+  exactly one batch per micro-step, so ranks never run out at different times (a DDP hang) however
+  many shards there are. ``epoch_batches`` cuts the stream into epochs of equal length per rank, the
+  last stage of the pipeline (webdataset's ``with_epoch`` advice).
+- ``exact`` (evaluation, tests): shard ``i`` goes to rank ``i % W`` and, within it, to worker
+  ``(i // W) % workers``; each shard is read once, so the ranks read disjoint shards and together every
+  sample. Fewer shards than ranks x workers is an error at start (some reader would get nothing).
+
+Shards are opened through webdataset (local paths, ``file:``, ``pipe:curl ...``, ``pipe:aws s3 cp ...``,
+http(s)). Decoding happens on DataLoader workers; a corrupt image or a truncated tar member is skipped
+with a warning naming the shard and key, and counted (``skipped``, logged as ``data/skipped``). A
+missing local shard or a pattern that expands to nothing fails at start.
+
+What a checkpoint can restore: the trainer restarts the stream from a seed of (seed, rank, worker,
+step), so a resumed run is reproducible but reads other samples than an uninterrupted one would;
+webdataset keeps no position inside a stream of resampled shards.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from distgan.data.mnist import DataError
+
+MODES = ("resampled", "exact")
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp")
+
+
+def expand_urls(pattern: str) -> list[str]:
+    """Brace-expanded shard URLs (``shards/train-{000000..000009}.tar``; ``::`` joins several patterns)."""
+    from webdataset.shardlists import expand_urls as wds_expand
+
+    if not pattern or not pattern.strip():
+        raise DataError("data.urls is empty; give a shard pattern such as data.urls='shards/train-{000000..000009}.tar'")
+    urls = list(wds_expand(pattern.strip()))
+    if not urls:
+        raise DataError(f"data.urls={pattern!r} expands to no shard")
+    return urls
+
+
+def _local_path(url: str) -> Path | None:
+    """The file behind a URL that names a local file, else None (pipe:, http:, s3: ... cannot be checked)."""
+    if url.startswith("file:"):
+        return Path(url[5:])
+    if "://" in url or url.startswith("pipe:") or url == "-":
+        return None
+    return Path(url)
+
+
+def check_urls(urls: list[str]) -> None:
+    missing = [u for u in urls if (p := _local_path(u)) is not None and not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(urls)} shards not found, first {missing[0]!r}; check data.urls "
+                        f"(write shards with `python -m distgan.data.make_shards`)")
+
+
+def decode_image(data: bytes, image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """PNG/JPEG bytes -> uint8 ``[C, H, W]`` with the configured channels. Grayscale is kept as one
+    channel when C=1 (webdataset's ``decode("pil")`` would turn it into RGB)."""
+    from PIL import Image
+
+    c, h, w = image_shape
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("L" if c == 1 else "RGB")
+        if img.size != (w, h):
+            raise ValueError(f"image is {img.size[0]}x{img.size[1]}, the config expects {w}x{h} "
+                             f"(data.image_size); rewrite the shards with make_shards --size {h}")
+        arr = np.asarray(img, dtype=np.uint8)
+    t = torch.from_numpy(arr.copy())
+    return t.unsqueeze(0) if c == 1 else t.permute(2, 0, 1).contiguous()
+
+
+class ShardStream(IterableDataset):
+    """Yields ``(images uint8 [B, C, H, W], labels int64 [B] (-1: none), skipped so far, worker id)``."""
+
+    def __init__(self, urls: list[str], mode: str, batch_size: int, image_shape, rank: int = 0, world: int = 1,
+                 seed: int = 0, shuffle_buffer: int = 1000, epoch_batches: int = 0, start: int = 0,
+                 num_workers: int = 0):
+        if mode not in MODES:
+            raise DataError(f"stream mode {mode!r} is not one of {MODES}")
+        readers = world * max(1, num_workers)
+        if mode == "exact" and len(urls) < readers:
+            raise DataError(f"exact mode needs at least one shard per reader: {len(urls)} shards for {world} ranks x "
+                            f"{max(1, num_workers)} workers; write more, smaller shards (make_shards --shard-size) "
+                            f"or use fewer data.workers")
+        self.urls, self.mode, self.B, self.shape = list(urls), mode, batch_size, tuple(image_shape)
+        self.rank, self.world, self.seed, self.buffer = rank, world, seed, shuffle_buffer
+        self.epoch_batches, self.start, self.num_workers = epoch_batches, start, max(1, num_workers)
+        self.epoch = 0
+
+    # ---- the pipeline, run inside a DataLoader worker (or the main process with workers=0)
+    def _worker(self) -> tuple[int, int]:
+        info = get_worker_info()
+        return (info.id, info.num_workers) if info else (0, 1)
+
+    def _shards(self, wid: int, nw: int, rng: random.Random):
+        if self.mode == "exact":
+            mine = self.urls[self.rank::self.world][wid::nw]
+            yield from ({"url": u} for u in mine)
+        else:
+            while True:
+                yield {"url": rng.choice(self.urls)}
+
+    def _samples(self, shards, on_error):
+        from webdataset.tariterators import tarfile_samples
+
+        return tarfile_samples(shards, handler=on_error)
+
+    def __iter__(self):
+        wid, nw = self._worker()
+        rng = random.Random(hash((self.seed, self.rank, wid, self.start, self.epoch)) & 0xFFFFFFFF)
+        self.epoch += 1
+        skipped = [0]
+
+        def on_error(exn) -> bool:
+            skipped[0] += 1
+            warnings.warn(f"distgan: skipping unreadable data ({type(exn).__name__}: {exn})", stacklevel=2)
+            return True
+
+        def decoded():
+            for s in self._samples(self._shards(wid, nw, rng), on_error):
+                key = next((k for k in IMAGE_KEYS if k in s), None)
+                try:
+                    if key is None:
+                        raise ValueError(f"no image entry among {sorted(k for k in s if not k.startswith('__'))}")
+                    img = decode_image(s[key], self.shape)
+                    label = int(s["cls"]) if "cls" in s else -1
+                except ValueError as e:
+                    if "data.image_size" in str(e):
+                        raise DataError(f"shard {s.get('__url__')} key {s.get('__key__')}: {e}") from None
+                    on_error(ValueError(f"shard {s.get('__url__')} key {s.get('__key__')}: {e}"))
+                    continue
+                except Exception as e:  # PIL raises many types for damaged files
+                    on_error(type(e)(f"shard {s.get('__url__')} key {s.get('__key__')}: {e}"))
+                    continue
+                yield img, label
+
+        def shuffled(src):
+            if self.buffer <= 1:
+                yield from src
+                return
+            buf = []
+            for item in src:
+                buf.append(item)
+                if len(buf) >= self.buffer:
+                    i = rng.randrange(len(buf))
+                    buf[i], buf[-1] = buf[-1], buf[i]
+                    yield buf.pop()
+            rng.shuffle(buf)
+            yield from buf
+
+        limit = -(-self.epoch_batches // nw) if self.epoch_batches else None  # per worker, the last stage
+        n, imgs, labels = 0, [], []
+        for img, label in shuffled(decoded()):
+            imgs.append(img)
+            labels.append(label)
+            if len(imgs) == self.B:
+                yield torch.stack(imgs), torch.tensor(labels), skipped[0], wid
+                imgs, labels = [], []
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+        if imgs and self.mode == "exact":  # a partial last batch: evaluation wants every sample
+            yield torch.stack(imgs), torch.tensor(labels), skipped[0], wid
+
+
+class StreamBatches:
+    """The trainer's view of a stream: the same ``batch(j, micro)`` interface as ``ShardedBatches``."""
+
+    def __init__(self, urls: list[str], micro_batch: int, image_shape, rank: int, world: int, seed: int,
+                 workers: int, shuffle_buffer: int, device, start_step: int = 0, samples_per_epoch: int = 0,
+                 global_batch: int = 0):
+        self.stream = ShardStream(urls, "resampled", micro_batch, image_shape, rank, world, seed, shuffle_buffer,
+                                  start=start_step, num_workers=workers)
+        self.loader = DataLoader(self.stream, batch_size=None, num_workers=workers,
+                                 pin_memory=torch.device(device).type == "cuda",
+                                 persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+        self.device = torch.device(device)
+        self.batches_per_epoch = max(1, samples_per_epoch // global_batch) if samples_per_epoch and global_batch else 1
+        self._it = iter(self.loader)
+        self._skipped: dict[int, int] = {}
+
+    @property
+    def skipped(self) -> int:
+        """Bad samples skipped so far on this rank (summed over its workers)."""
+        return sum(self._skipped.values())
+
+    def batch(self, global_batch_index: int, micro: int = 0) -> torch.Tensor:
+        images, _, skipped, wid = next(self._it)
+        self._skipped[wid] = skipped
+        return images.to(self.device, non_blocking=True)
+
+    def position(self, global_batch_index: int) -> tuple[int, int]:
+        return divmod(global_batch_index, self.batches_per_epoch)
+
+
+def read_all(urls: list[str], image_shape, batch_size: int = 256, rank: int = 0, world: int = 1,
+             workers: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Every sample of this rank's share in exact mode: (images, labels, skipped)."""
+    ds = ShardStream(urls, "exact", batch_size, image_shape, rank, world, shuffle_buffer=0, num_workers=workers)
+    imgs, labels, skipped = [], [], {}
+    for x, y, s, wid in DataLoader(ds, batch_size=None, num_workers=workers):
+        imgs.append(x)
+        labels.append(y)
+        skipped[wid] = s
+    if not imgs:
+        return torch.empty(0, *image_shape, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), sum(skipped.values())
+    return torch.cat(imgs), torch.cat(labels), sum(skipped.values())
+

@@ -1,0 +1,190 @@
+"""WebDataset shards: the writer, exact and resampled streams, bad data, remote URLs, training from shards."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from distgan.data.mnist import DataError
+from distgan.data.stream import ShardStream, check_urls, expand_urls, read_all
+from tests.conftest import REPO, accelerate_bin, free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run(args, check=True, env=None, timeout=240):
+    p = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env={**os.environ, **(env or {})},
+                       capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """23 random 32x32 RGB images in two class folders (already at the target size: no resampling)."""
+    root = tmp_path_factory.mktemp("imgs")
+    g = np.random.default_rng(0)
+    images, labels = [], []
+    for i in range(23):
+        cls = "cats" if i % 3 else "dogs"
+        (root / cls).mkdir(exist_ok=True)
+        arr = g.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / cls / f"{i:03d}.png")
+    for p in sorted(root.rglob("*.png")):  # the writer's order: sorted paths
+        images.append(np.asarray(Image.open(p)).transpose(2, 0, 1))
+        labels.append({"cats": 0, "dogs": 1}[p.parent.name])
+    return root, torch.from_numpy(np.stack(images)), torch.tensor(labels)
+
+
+@pytest.fixture(scope="module")
+def shards(folder, tmp_path_factory):
+    root, _, _ = folder
+    out = tmp_path_factory.mktemp("shards")
+    p = run(["distgan.data.make_shards", "--from", str(root), "--out", str(out), "--size", "32", "--shard-size", "3",
+             "--no-progress"])
+    return out, p
+
+
+def test_shards_read_back_identically(folder, shards):
+    _, images, labels = folder
+    out, proc = shards
+    assert "wrote 23 samples in 8 shards" in proc.stdout
+    meta = json.loads((out / "train-meta.json").read_text())
+    assert meta["samples"] == 23 and meta["shards"] == 8 and meta["image_shape"] == [3, 32, 32] and meta["classes"] == 2
+    urls = expand_urls(str(out / "train-{000000..000007}.tar"))
+    x, y, skipped = read_all(urls, (3, 32, 32))
+    assert skipped == 0 and x.shape == (23, 3, 32, 32) and x.dtype == torch.uint8
+    assert torch.equal(x, images) and torch.equal(y, labels)
+    again = run(["distgan.data.make_shards", "--from", str(folder[0]), "--out", str(out), "--size", "32", "--no-progress"],
+                check=False)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert len(list(out.glob("train-*.tar"))) == 8, "a refused write must leave the shards alone"
+
+
+def test_exact_mode_ranks_and_workers_read_disjoint_shards(folder, shards):
+    _, images, _ = folder
+    out, _ = shards
+    urls = expand_urls(str(out / "train-{000000..000007}.tar"))
+    parts = [read_all(urls, (3, 32, 32), batch_size=2, rank=r, world=2, workers=2)[0] for r in range(2)]
+    keys = [{x.numpy().tobytes() for x in part} for part in parts]
+    assert not keys[0] & keys[1], "two ranks read the same sample"
+    assert len(keys[0]) + len(keys[1]) == 23 and keys[0] | keys[1] == {x.numpy().tobytes() for x in images}
+    with pytest.raises(DataError, match="at least one shard per reader"):
+        ShardStream(urls[:3], "exact", 2, (3, 32, 32), rank=0, world=2, num_workers=2)
+
+
+def test_resampled_mode_gives_every_rank_the_same_batch_count(shards):
+    out, _ = shards
+    urls = expand_urls(str(out / "train-000000.tar"))  # one shard, 2 ranks x 2 workers: exact mode would starve
+    counts = []
+    for rank in range(2):
+        ds = ShardStream(urls, "resampled", 4, (3, 32, 32), rank=rank, world=2, seed=0, shuffle_buffer=10,
+                         epoch_batches=5, num_workers=2)
+        counts.append(sum(1 for _ in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)))
+    assert counts == [6, 6]  # ceil(5 / 2 workers) batches per worker
+
+
+def test_pipe_url_reads_like_a_local_path(shards):
+    out, _ = shards
+    local = read_all([str(out / "train-000001.tar")], (3, 32, 32))[0]
+    piped = read_all([f"pipe:cat {out / 'train-000001.tar'}"], (3, 32, 32))[0]
+    assert local.shape[0] == 3 and torch.equal(local, piped)
+
+
+def _png(arr):
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_corrupt_and_truncated_samples_are_skipped_and_counted(tmp_path):
+    import webdataset as wds
+
+    good = np.full((32, 32, 3), 7, np.uint8)
+    path = tmp_path / "train-000000.tar"
+    with wds.TarWriter(str(path)) as w:
+        w.write({"__key__": "a", "png": _png(good), "cls": b"1"})
+        w.write({"__key__": "broken", "png": b"\x89PNG not really", "cls": b"2"})
+        w.write({"__key__": "c", "png": _png(good), "cls": b"3"})
+    with pytest.warns(UserWarning, match=r"train-000000\.tar key broken"):
+        x, y, skipped = read_all([str(path)], (3, 32, 32))
+    assert x.shape[0] == 2 and y.tolist() == [1, 3] and skipped == 1
+    # the same shard cut in the middle of its last member: what precedes it is read, the damage counted
+    data = path.read_bytes()
+    with tarfile.open(path) as t:
+        last = t.getmembers()[-1]
+    cut = tmp_path / "train-000001.tar"
+    cut.write_bytes(data[:last.offset_data + 10])
+    with pytest.warns(UserWarning, match="skipping"):
+        x, _, skipped = read_all([str(cut)], (3, 32, 32))
+    assert x.shape[0] == 1 and skipped >= 2  # "a" read; "broken" and the cut "c" skipped
+
+
+def test_missing_shard_or_empty_pattern_fails_at_start(tmp_path):
+    with pytest.raises(DataError, match="train-000003.tar"):
+        check_urls([str(tmp_path / "train-000003.tar")])
+    with pytest.raises(DataError, match="data.urls is empty"):
+        expand_urls("  ")
+    p = run(["distgan.train", "--config", "configs/webdataset_64.yaml", "--run-dir", str(tmp_path / "r"),
+             f"data.urls={tmp_path}/train-{{000000..000003}}.tar"], check=False)
+    assert p.returncode == 2 and "train-000000.tar" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "r").exists()
+
+
+TINY_64 = ["train.progress=false", "model.width=8", "model.z_dim=16", "train.batch_size=8", "train.max_steps=4",
+           "train.ckpt_every=2", "train.log_every=2", "train.sample_every=2", "data.workers=1", "data.shuffle_buffer=8",
+           "wandb.mode=disabled"]
+
+
+def test_short_64px_training_from_shards(folder, tmp_path):
+    shards = tmp_path / "s64"
+    run(["distgan.data.make_shards", "--from", str(folder[0]), "--out", str(shards), "--size", "64", "--shard-size", "8",
+         "--format", "jpg", "--no-progress"])
+    run_dir = tmp_path / "run"
+    run(["distgan.train", "--config", "configs/webdataset_64.yaml", "--run-dir", str(run_dir),
+         f"data.urls={shards}/train-{{000000..000002}}.tar", "model.d_spectral_norm=true", "loss.name=hinge",
+         "loss.r1_gamma=1", "loss.r1_every=2", *TINY_64])
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000000004"
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["data/skipped"] == 0 and "loss/R1" in rows[-1] and np.isfinite(rows[-1]["loss/R1"])
+    out = tmp_path / "s.npz"
+    run(["distgan.sample", "--checkpoint", str(run_dir), "--num", "5", "--out", str(out)])
+    assert np.load(out)["images"].shape == (5, 3, 64, 64)
+
+
+def test_two_ranks_train_from_fewer_shards_than_readers(folder, tmp_path):
+    shards = tmp_path / "s32"
+    run(["distgan.data.make_shards", "--from", str(folder[0]), "--out", str(shards), "--size", "32", "--shard-size", "50",
+         "--no-progress"])
+    cmd = [accelerate_bin(), "launch", "--config_file", "launch/cpu_debug.yaml", "--num_processes", "2",
+           "--main_process_port", str(free_port()), "-m", "distgan.train", "--config", "configs/webdataset_64.yaml",
+           "--run-dir", str(tmp_path / "run"), f"data.urls={shards}/train-000000.tar", "data.image_size=32",
+           "runtime.pg_timeout_s=60", "train.consistency_every=2", *TINY_64]
+    p = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                       timeout=240, start_new_session=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "world size 2" in p.stdout
+    assert (tmp_path / "run" / "checkpoints" / "step-000000004").is_dir()
+
+
+def test_stacked_mnist_shards_and_mode_metric(tmp_path, data_dir):
+    from distgan.metrics.suite import compute
+
+    out = tmp_path / "stacked"
+    run(["distgan.data.make_shards", "--from", "stacked_mnist", "--out", str(out), "--num", "300", "--shard-size", "100",
+         "--no-progress"])
+    x, y, _ = read_all(expand_urls(str(out / "train-{000000..000002}.tar")), (3, 28, 28))
+    assert x.shape == (300, 3, 28, 28) and int(y.max()) < 1000
+    res = compute(x, ("stacked",), data_dir)
+    assert res["stacked_num"] == 300 and 200 <= res["stacked_modes"] <= 300  # 300 draws of 1000 modes: ~259 distinct
+    one_mode = x[:1].repeat(300, 1, 1, 1)
+    res1 = compute(one_mode, ("stacked",), data_dir)
+    assert res1["stacked_modes"] == 1 and res1["stacked_kl"] == pytest.approx(np.log(1000), rel=1e-9)
