@@ -144,6 +144,9 @@ class OptimConfig:
     """Per-step exponential decay: lr_t = lr / lr_decay**t (the paper: 1.000004)."""
     min_lr: float = 0.0
     """Floor of the decayed learning rate (the paper: 1e-6)."""
+    linear_decay_start: int = 0
+    """From this step on, both learning rates fall linearly to 0 at ``train.max_steps`` (SNGAN's
+    schedule; the EMA then averages ever smaller moves). 0: off."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up over this many steps (0: none)."""
     weight_decay: float = 0.0
@@ -155,6 +158,7 @@ class OptimConfig:
         _positive("optim.lr_g", self.lr_g, zero_ok=True)
         _positive("optim.min_lr", self.min_lr, zero_ok=True)
         _positive("optim.warmup_steps", self.warmup_steps, zero_ok=True)
+        _positive("optim.linear_decay_start", self.linear_decay_start, zero_ok=True)
         _positive("optim.weight_decay", self.weight_decay, zero_ok=True)
         if self.lr_decay < 1.0:
             raise ConfigError(f"optim.lr_decay={self.lr_decay} must be >= 1 (lr_t = lr / lr_decay**t)")

@@ -154,7 +154,7 @@ def main(argv=None) -> int:
             images = load_split(root, args.real, download=False)[0][:args.num]
             source = {"real": args.real}
         res = suite.compute(images, metrics, root, feats, probs) if rank == 0 else {}
-    except (CheckpointError, ConfigError, DataError, FileNotFoundError) as e:
+    except (CheckpointError, ConfigError, DataError, FileNotFoundError, ValueError) as e:
         print(f"distgan: {e}", file=sys.stderr)
         return 2
     if rank != 0:

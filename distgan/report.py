@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 EVAL_PANELS = (("eval/fd", "FD (classifier features)", True), ("eval/cs", "classifier score", False),
-               ("eval/mode_kl", "KL(class histogram || uniform)", True), ("eval/precision", "precision / recall", False))
+               ("eval/mode_kl", "KL(class histogram || uniform)", True), ("eval/precision", "precision / recall", False),
+               ("eval/stacked_modes", "Stacked MNIST modes (of 1000)", False),
+               ("eval/stacked_kl", "Stacked MNIST KL to uniform", True))
 
 
 def read_metrics(path: Path) -> list[dict]:

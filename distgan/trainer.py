@@ -280,6 +280,9 @@ class Trainer:
         o = self.cfg.optim
         warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
         decay = o.lr_decay ** (-step) if o.lr_decay != 1.0 else 1.0
+        if o.linear_decay_start and step >= o.linear_decay_start:
+            span = max(1, self.cfg.train.max_steps - o.linear_decay_start)
+            decay *= max(0.0, 1.0 - (step - o.linear_decay_start) / span)
         lr_d = max(o.lr * decay, o.min_lr) * warm
         lr_g = max((o.lr_g or o.lr) * decay, o.min_lr) * warm
         out = {"lr/D": lr_d, "lr/G": lr_g}

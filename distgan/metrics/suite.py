@@ -79,6 +79,8 @@ def compute(images_u8: torch.Tensor, metrics=FAST, data_root: str = "data", feat
     """
     out: dict = {}
     channels = images_u8.shape[1]
+    if tuple(metrics) == METRICS:  # 'all': every metric that applies to these samples
+        metrics = tuple(m for m in METRICS if (m in RGB_METRICS) == (channels == 3))
     wrong = [m for m in metrics if (m in RGB_METRICS) != (channels == 3)]
     if wrong:
         raise ValueError(f"metrics {wrong} do not apply to {channels}-channel samples; 'stacked' is for 3-channel "

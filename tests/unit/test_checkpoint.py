@@ -36,6 +36,21 @@ def test_keep_last_and_latest(tmp_path):
     assert [p.name for p in C.list_checkpoints(tmp_path)] == [C.step_dirname(4), C.step_dirname(3)]
 
 
+def test_best_survives_pruning_and_is_replaced_only_when_complete(tmp_path):
+    net = nn.Linear(2, 2)
+    for s in (1, 2, 3, 4, 5):
+        _write(tmp_path, s, net, keep=2)
+        if s in (2, 4):  # a new best at steps 2 and 4
+            C.save(tmp_path, s, {"G.safetensors": C.plain_state_dict(net)}, {"step": s}, {"best": {"step": s}},
+                   keep_last=2, name="best")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["best", "latest", C.step_dirname(4), C.step_dirname(5)]
+    assert C.verify(tmp_path / "best")["best"] == {"step": 4}
+    assert (tmp_path / "latest").read_text().strip() == C.step_dirname(5), "best never becomes latest"
+    assert C.find_latest_good(tmp_path) == tmp_path / C.step_dirname(5)
+    assert C.resolve(tmp_path / "best") == tmp_path / "best"
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "manifest"])
 def test_corruption_detected_and_auto_falls_back(tmp_path, damage):
     net = nn.Linear(8, 8)
