@@ -473,8 +473,8 @@ class Trainer:
             self.save_checkpoint(name="best")
         tracker.log(self.step, {**{f"eval/{k}": v for k, v in figures.items()},
                                 "eval/seconds": time.perf_counter() - t0})
-        shown = " | ".join(f"{k} {v:.4g}" for k, v in figures.items() if k in ("fd", "cs", "mode_kl", "precision",
-                                                                                "recall", "parzen_ll"))
+        shown = " | ".join(f"{k} {v:.4g}" for k, v in figures.items() if k in (
+            "fd", "cs", "mode_kl", "precision", "recall", "parzen_ll", "stacked_modes", "stacked_kl"))
         if "modes" in figures:
             shown += f" | modes {figures['modes']}/{figures['modes_total']}"
         best = f" | best {key} {self.best['value']:.4g} at step {self.best['step']}" if self.best else ""
