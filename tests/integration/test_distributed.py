@@ -100,6 +100,10 @@ def test_resume_two_ranks_to_one_and_back(two_rank):
 
 # No dropout and no BatchNorm: paper MLP generator, DCGAN discriminator (LeakyReLU only).
 NODROP = ["model.discriminator=dcgan28", "train.max_steps=4", "train.ckpt_every=4", "ema.enabled=false"]
+# Splitting a batch over ranks or micro-steps changes only the order of float sums; Adam divides by
+# sqrt(v), which magnifies that noise for weights whose gradients are near 0 (seen: 1.3e-5 on 1 of
+# 131,072 D weights). A real desynchronisation moves most weights by about lr = 2e-4 per step.
+EQUIV_TOL = 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +116,14 @@ def one_rank_injected(tmp_path_factory):
 def test_two_ranks_equal_one_rank_with_same_global_batch(tmp_path, one_rank_injected):
     (r0, r1), _ = launch(2, tmp_path / "run", tmp_path / "out", NODROP, inject=True)
     assert_same(r0["G"], r1["G"])
-    assert_same(r0["G"], one_rank_injected["G"], exact=False)
-    assert_same(r0["D"], one_rank_injected["D"], exact=False)
+    assert_same(r0["G"], one_rank_injected["G"], exact=False, tol=EQUIV_TOL)
+    assert_same(r0["D"], one_rank_injected["D"], exact=False, tol=EQUIV_TOL)
 
 
 def test_grad_accumulation_equals_full_batch(tmp_path, one_rank_injected):
     (r,), _ = launch(1, tmp_path / "run", tmp_path / "out", [*NODROP, "train.grad_accum=2"], inject=True)
-    assert_same(r["G"], one_rank_injected["G"], exact=False)
-    assert_same(r["D"], one_rank_injected["D"], exact=False)
+    assert_same(r["G"], one_rank_injected["G"], exact=False, tol=EQUIV_TOL)
+    assert_same(r["D"], one_rank_injected["D"], exact=False, tol=EQUIV_TOL)
 
 
 def test_world_size_must_match_what_was_asked(tmp_path):
