@@ -134,9 +134,9 @@ def main(argv=None) -> int:
             blocks = gather_blocks(generate_blocks(G, cfg, args.num, args.seed, rank, world, args.block, device,
                                                    features=bool(suite.FEATURE_METRICS & set(metrics))), world)
             images, feats, probs = assemble(blocks)
-            source = {"checkpoint": str(path), "step": json.loads((path / "manifest.json").read_text())["step"],
+            manifest = json.loads((path / "manifest.json").read_text())  # verified by load_generator
+            source = {"checkpoint": str(path), "step": manifest["step"],
                       "weights": args.weights, "seed": args.seed, "world_size": world}
-            manifest = json.loads((path / "manifest.json").read_text())
             root = (args.data_root or os.environ.get("DISTGAN_DATA_DIR")
                     or manifest["config"].get("data", {}).get("root", "data"))
         elif args.samples:

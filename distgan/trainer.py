@@ -444,7 +444,7 @@ class Trainer:
         G = self.G_ema if self.G_ema is not None else self.G.net
         blocks = generate_blocks(G, self.cfg, e.num, e.seed, self.rank, self.world, e.block, self.device,
                                  features=bool(suite.FEATURE_METRICS & set(metrics)))
-        blocks = gather_blocks(blocks, self.world) if self.world > 1 else blocks
+        blocks = gather_blocks(blocks, self.world)
         res = [None]
         if self.acc.is_main_process:
             images, feats, probs = assemble(blocks)

@@ -139,8 +139,7 @@ def write_shards(samples, total: int, out: Path, prefix: str, shard_size: int, f
         if cls is not None:
             sample["cls"] = str(cls).encode()
         writer.write(sample)
-        arr = np.asarray(img)
-        shape = [1 if arr.ndim == 2 else arr.shape[2], arr.shape[0], arr.shape[1]]
+        shape = [1 if img.mode == "L" else 3, img.size[1], img.size[0]]
         count += 1
         bar.update(1)
     close()
