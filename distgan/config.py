@@ -178,10 +178,15 @@ class EMAConfig:
     """Half-life of the EMA in training images: beta = 0.5 ** (global_batch / halflife_images)."""
     rampup: float = 0.05
     """Cap the half-life at ``rampup`` x images seen, so early averages do not remember the init (0: off)."""
+    bn_batches: int = 40
+    """Before the EMA generator is sampled, scored or saved, re-estimate its BatchNorm statistics from this
+    many batches of its own forward passes (fixed noise): G's running statistics belong to G's weights, not
+    the average's. 0: copy G's statistics. No effect on networks without BatchNorm."""
 
     def __post_init__(self):
         _positive("ema.halflife_images", self.halflife_images)
         _positive("ema.rampup", self.rampup, zero_ok=True)
+        _positive("ema.bn_batches", self.bn_batches, zero_ok=True)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from distgan import checkpoint as ckpt_lib
 from distgan.config import Config, ConfigError
 from distgan.data.mnist import load_split
 from distgan.data.sampler import ShardedBatches
-from distgan.ema import ema_beta, make_ema, update_ema
+from distgan.ema import ema_beta, make_ema, recalibrate_batchnorm, update_ema
 from distgan.losses import LOSSES
 from distgan.networks import build_discriminator, build_generator
 from distgan.phases import GANStep, Net
@@ -158,6 +158,7 @@ class Trainer:
         self.step = 0
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best
         self.r1_last: torch.Tensor | None = None
+        self._ema_bn_step: int | None = None  # the step at which G_ema's BatchNorm statistics were recomputed
         self._setup()
 
     # ------------------------------------------------------------------------------------ set-up
@@ -441,6 +442,7 @@ class Trainer:
 
         e = self.cfg.eval
         metrics = suite.parse_metrics(e.metrics)
+        self._refresh_ema_bn()
         G = self.G_ema if self.G_ema is not None else self.G.net
         blocks = generate_blocks(G, self.cfg, e.num, e.seed, self.rank, self.world, e.block, self.device,
                                  features=bool(suite.FEATURE_METRICS & set(metrics)))
@@ -489,7 +491,21 @@ class Trainer:
         net.train(was_training)
         return out
 
+    def _refresh_ema_bn(self) -> None:
+        """Recompute G_ema's BatchNorm statistics from ``ema.bn_batches`` fixed-noise batches, at most once per
+        step, before G_ema is sampled, scored or saved. Every rank calls it at the same points with the same
+        noise (SyncBatchNorm needs that). Training never reads them: the next EMA update copies G's again."""
+        n = self.cfg.ema.bn_batches
+        if self.G_ema is None or not n or self._ema_bn_step == self.step:
+            return
+        m = self.cfg.model
+        g = torch.Generator().manual_seed(self.cfg.train.seed + 0xB17)
+        recalibrate_batchnorm(self.G_ema, (sample_noise(self.cfg.train.batch_size, m.z_dim, m.noise, "cpu", g)
+                                           .to(self.device) for _ in range(n)))
+        self._ema_bn_step = self.step
+
     def _grid(self, tracker) -> None:
+        self._refresh_ema_bn()
         if tracker.active:
             tracker.grid(self.step, self.generate(self.fixed_noise).cpu())
 
@@ -561,6 +577,7 @@ class Trainer:
     def save_checkpoint(self, name: str | None = None) -> Path | None:
         """A collective: every rank calls it. ``name="best"`` writes checkpoints/best (see checkpoint.save)."""
         self.check_guard()  # never write a checkpoint from a diverged state
+        self._refresh_ema_bn()
         self.check_replicas()
         self._sync_buffers()
         rng = self._gather_rng()
