@@ -35,27 +35,15 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
         eb.copy_(mb)
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(net: nn.Module, noise_batches) -> bool:
+def recalibrate_batchnorm(net: nn.Module, noise_batches, device=None) -> bool:
     """Re-estimate every BatchNorm layer's running mean and variance as the plain average over
-    ``noise_batches`` (an iterable of inputs) of the net's own batch statistics, like
+    ``noise_batches`` (an iterable of inputs, moved to ``device``) of the net's own batch statistics, with
     ``torch.optim.swa_utils.update_bn``. Returns False (and changes nothing) when the net has no BatchNorm.
 
     An EMA of weights paired with the live net's running statistics is a mismatch: the averaged weights
     produce other activations. Averaging the statistics does not fix it; recomputing them does.
     """
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
         return False
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    was_training = net.training
-    net.train()
-    for z in noise_batches:
-        net(z)
-    net.train(was_training)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
+    torch.optim.swa_utils.update_bn(noise_batches, net, device)
     return True

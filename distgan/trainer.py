@@ -500,8 +500,8 @@ class Trainer:
             return
         m = self.cfg.model
         g = torch.Generator().manual_seed(self.cfg.train.seed + 0xB17)
-        recalibrate_batchnorm(self.G_ema, (sample_noise(self.cfg.train.batch_size, m.z_dim, m.noise, "cpu", g)
-                                           .to(self.device) for _ in range(n)))
+        noise = (sample_noise(self.cfg.train.batch_size, m.z_dim, m.noise, "cpu", g) for _ in range(n))
+        recalibrate_batchnorm(self.G_ema, noise, self.device)
         self._ema_bn_step = self.step
 
     def _grid(self, tracker) -> None:
