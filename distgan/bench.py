@@ -59,17 +59,15 @@ def _peak_mem_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # whole process, KiB on Linux
 
 
-def _make_trainer(cfg):
-    from distgan.trainer import Trainer
-
-    run_dir = tempfile.mkdtemp(prefix="distgan-bench-")
-    return Trainer(cfg, run_dir)
-
-
 def row_trainer(cfg, steps: int, warmup: int) -> dict:
     """The trainer's own loop body: schedule, Algorithm-1 step, metrics accumulated on device."""
-    t_build = time.perf_counter()
-    tr = _make_trainer(cfg)
+    from distgan.trainer import Trainer
+
+    with tempfile.TemporaryDirectory(prefix="distgan-bench-") as run_dir:  # config.yaml, runs.jsonl: removed after
+        return _row_trainer(Trainer(cfg, run_dir), cfg, steps, warmup, time.perf_counter())
+
+
+def _row_trainer(tr, cfg, steps: int, warmup: int, t_build: float) -> dict:
     dev = tr.device
     acc = torch.zeros(4, device=dev)
     t0 = time.perf_counter()
@@ -120,7 +118,8 @@ def row_textbook(cfg, steps: int, warmup: int) -> dict:
     from torchvision import transforms
 
     from distgan.data.mnist import ensure_mnist
-    from distgan.trainer import build_networks, sample_noise
+    from distgan.generate import sample_noise
+    from distgan.networks import build_networks
 
     dev = torch.device("cuda" if torch.cuda.is_available() and not cfg.runtime.cpu else "cpu")
     torch.manual_seed(cfg.train.seed)
@@ -200,7 +199,7 @@ def row_textbook(cfg, steps: int, warmup: int) -> dict:
 
 def gemm_reference(cfg, repeats: int = 20) -> float:
     """GFLOP/s of plain fp32 matmuls of the model's Linear shapes (forward) on this device."""
-    from distgan.trainer import build_networks
+    from distgan.networks import build_networks
 
     dev = torch.device("cuda" if torch.cuda.is_available() and not cfg.runtime.cpu else "cpu")
     G, D = build_networks(cfg)

@@ -32,12 +32,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from distgan.atomic import atomic_write_text, fsync_dir, fsync_file
+
 WEIGHT_FILES = ("G.safetensors", "D.safetensors", "G_ema.safetensors")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete, corrupted or does not fit the model."""
+from distgan.errors import CheckpointError  # noqa: E402
 
 
 def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -60,27 +61,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def step_dirname(step: int) -> str:
     return f"step-{step:09d}"
 
@@ -90,26 +70,37 @@ def save(ckpt_root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]]
     """Write one checkpoint atomically and point ``latest`` at it. Call on one rank only.
 
     ``name`` (``best``) writes ``ckpt_root/name`` instead, replacing the previous one only once the new
-    one is complete; it is never named by ``latest`` nor pruned.
+    one is complete; it is never named by ``latest`` nor pruned. A failed write (disk full, a file-size
+    limit) leaves no temporary directory, the previous checkpoints and ``latest`` untouched, and raises
+    CheckpointError saying so.
     """
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / (name or step_dirname(step))
     tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    files = {}
-    for fname, sd in weights.items():
-        save_file(sd, str(tmp / fname))
-    torch.save(state, tmp / "state.pt")
-    for p in sorted(tmp.iterdir()):
-        _fsync_file(p)
-        files[p.name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-    manifest = {"format": 1, "step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files,
-                **manifest_extra}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    _fsync_file(tmp / "manifest.json")
-    _fsync_dir(tmp)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        files = {}
+        for fname, sd in weights.items():
+            save_file(sd, str(tmp / fname))
+        torch.save(state, tmp / "state.pt")
+        for p in sorted(tmp.iterdir()):
+            fsync_file(p)
+            files[p.name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        manifest = {"format": 1, "step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files,
+                    **manifest_extra}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        fsync_file(tmp / "manifest.json")
+        fsync_dir(tmp)
+    except Exception as e:  # OSError, and the errors safetensors and torch.save wrap it in
+        shutil.rmtree(tmp, ignore_errors=True)
+        latest = ckpt_root / "latest"
+        kept = latest.read_text().strip() if latest.is_file() else "none yet"
+        raise CheckpointError(
+            f"writing checkpoint {final.name} under {ckpt_root} failed: {e} (disk full, quota or a file-size "
+            f"limit?). Nothing was replaced: checkpoints/latest still names {kept}. Free space and resume with "
+            f"train.resume=auto.") from None
     if final.exists():  # the same step written again (e.g. a resumed run stopped at once): replace it last
         old = ckpt_root / f".old-{final.name}-{os.getpid()}"
         os.replace(final, old)
@@ -117,7 +108,7 @@ def save(ckpt_root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]]
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
-    _fsync_dir(ckpt_root)
+    fsync_dir(ckpt_root)
     if name is None:
         atomic_write_text(ckpt_root / "latest", final.name + "\n")
         prune(ckpt_root, keep_last, protect={final.name})
@@ -149,7 +140,9 @@ def verify(ckpt: Path) -> dict:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{mpath} is not valid JSON ({e}): the checkpoint is corrupted") from None
-    for name, meta in manifest.get("files", {}).items():
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "step" not in manifest:
+        raise CheckpointError(f"{mpath} is not a distgan manifest (no step or file list): the checkpoint is corrupted")
+    for name, meta in manifest["files"].items():
         p = ckpt / name
         if not p.is_file():
             raise CheckpointError(f"{p} is missing (listed in the manifest)")
@@ -161,24 +154,38 @@ def verify(ckpt: Path) -> dict:
     return manifest
 
 
-def resolve(path: str | os.PathLike) -> Path:
+def resolve(path: str | os.PathLike, warn=print) -> Path:
     """A run dir (its latest good checkpoint) or one checkpoint directory -> a checkpoint directory."""
     p = Path(path)
-    if (p / "manifest.json").exists() or _STEP_DIR.match(p.name):
+    if not p.exists():
+        raise CheckpointError(f"checkpoint path {p} does not exist; give a run dir or a checkpoint directory "
+                              f"such as RUN/checkpoints/step-000001000")
+    if (p / "manifest.json").exists() or _STEP_DIR.match(p.name) or p.name == "best":
         return p
     root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    found = find_latest_good(root, warn=print)
+    found = find_latest_good(root, warn=warn)
     if found is None:
         raise CheckpointError(f"no checkpoint found under {p} (looked for {root}/step-*/manifest.json)")
     return found
 
 
 def find_latest_good(ckpt_root: Path, warn=print) -> Path | None:
-    """The newest checkpoint that verifies, trying ``latest`` first; bad ones are reported and skipped."""
+    """The newest checkpoint that verifies, trying ``latest`` first; bad ones are reported and skipped.
+
+    ``latest`` naming a directory that does not exist is an error, not a fallback: the checkpoint it named
+    was removed by hand, and resuming from an older one would silently drop training.
+    """
     candidates = list_checkpoints(ckpt_root)
     latest = ckpt_root / "latest"
     if latest.is_file():
-        named = ckpt_root / latest.read_text().strip()
+        name = latest.read_text().strip()
+        named = ckpt_root / name
+        if not name or "/" in name or not named.is_dir():
+            newest = candidates[0].name if candidates else "none"
+            raise CheckpointError(
+                f"{latest} names {name!r}, which is not a checkpoint directory (removed?); the newest one present "
+                f"is {newest}. Restore it, or resume on purpose with train.resume={ckpt_root / newest} "
+                f"(or remove {latest} to let train.resume=auto pick the newest).")
         if named in candidates:
             candidates.remove(named)
             candidates.insert(0, named)

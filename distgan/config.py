@@ -1,13 +1,14 @@
 """Typed run configuration: dataclasses, YAML loading, environment and dotted command-line overrides.
 
-Precedence, lowest to highest: dataclass defaults < YAML file < environment (``DISTGAN_DATA_DIR``)
-< command line (``train.max_steps=200``). Unknown keys, wrong types and impossible values fail at
+Precedence, lowest to highest: dataclass defaults < YAML file < environment (``DISTGAN_DATA_DIR``,
+``WANDB_MODE``) < command line (``train.max_steps=200``). Unknown keys, wrong types and impossible values fail at
 load time with a :class:`ConfigError` that names the key and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -18,8 +19,13 @@ from typing import Any, Literal
 import yaml
 
 
-class ConfigError(ValueError):
-    """A config value is unknown, mistyped or impossible. The message names the key."""
+from distgan.errors import ConfigError  # noqa: F401 - re-exported: ``from distgan.config import ConfigError``
+
+
+IDENTITY_KEYS = ("train.batch_size", "train.d_steps", "train.seed", "model.*", "data.dataset", "data.urls",
+                 "data.image_size", "data.channels")
+"""Config keys that define *what* is trained. A resume that changes one of them is refused unless the key
+is named in ``train.allow_changed`` (``model.*`` stands for every key of the model section)."""
 
 
 def _choices(name: str, value: str, allowed) -> None:
@@ -207,6 +213,10 @@ class TrainConfig:
     """Keep this many recent checkpoints (older ones are deleted after a new one is complete)."""
     resume: str = "no"
     """``no`` (refuse a run dir that has checkpoints), ``auto`` (latest good checkpoint, fresh if none) or a path."""
+    allow_changed: str = ""
+    """Comma list of identity keys (``distgan.config.IDENTITY_KEYS``: batch size, k, seed, model, data) that may
+    differ from the resumed checkpoint's config; any other change is refused. Accepted changes are recorded
+    in ``RUN/runs.jsonl``."""
     log_every: int = 50
     """Read, reduce and log metrics every this many steps (no host sync in between)."""
     sample_every: int = 1000
@@ -234,6 +244,10 @@ class TrainConfig:
             _positive(f"train.{name}", getattr(self, name), zero_ok=True)
         if self.resume not in ("no", "auto") and not self.resume:
             raise ConfigError("train.resume must be 'no', 'auto' or a checkpoint path")
+        for k in (x.strip() for x in self.allow_changed.split(",") if x.strip()):
+            if k not in IDENTITY_KEYS and not (k.startswith("model.") and "model.*" in IDENTITY_KEYS):
+                raise ConfigError(f"train.allow_changed: {k!r} is not an identity key; name keys from "
+                                  f"{list(IDENTITY_KEYS)} (model.* or one model key such as model.width)")
 
 
 @dataclass
@@ -275,7 +289,8 @@ class CompileConfig:
 @dataclass
 class WandbConfig:
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
-    """``auto``: online when an API key is set, else offline. $WANDB_MODE overrides."""
+    """``auto``: online when an API key is set, else offline. $WANDB_MODE sets it at the environment's level
+    (a command-line ``wandb.mode=...`` still wins)."""
     project: str = "distgan"
     """W&B project."""
     entity: str = ""
@@ -415,11 +430,13 @@ def _coerce(key: str, value: Any, tp) -> Any:
     if tp is float:
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ConfigError(f"{key}={value!r} must be a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):  # nan passes every comparison, inf every lower bound
+            raise ConfigError(f"{key}={value!r} must be a finite number")
         return float(value)
     if tp is str:
         if isinstance(value, (dict, list, bool)):
@@ -480,6 +497,11 @@ def load(path: str | os.PathLike | None, overrides: list[str] = (), env: dict | 
         raw = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in raw.items()}
     if env.get("DISTGAN_DATA_DIR"):
         _set(raw, "data.root", env["DISTGAN_DATA_DIR"])
+    if env.get("WANDB_MODE"):  # W&B's own variable, at the environment's level: wandb.mode=... still wins
+        mode = {"dryrun": "offline", "run": "online"}.get(env["WANDB_MODE"], env["WANDB_MODE"])
+        if mode not in ("online", "offline", "disabled"):
+            raise ConfigError(f"WANDB_MODE={env['WANDB_MODE']!r} is not a W&B mode; use online, offline or disabled")
+        _set(raw, "wandb.mode", mode)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=200")

@@ -35,21 +35,16 @@ def generate_blocks(G, cfg, num: int, seed: int, rank: int = 0, world: int = 1, 
     The noise for all ``num`` samples comes from one CPU generator seeded with ``seed``, so sample i is
     the same whichever rank makes it (and equals ``distgan.sample`` with the same seed).
     """
+    from distgan.generate import fixed_noise, generate
     from distgan.metrics.classifier import features_and_probs, load_classifier
-    from distgan.trainer import sample_noise, to_uint8
 
-    g = torch.Generator().manual_seed(seed)
-    z = sample_noise(num, cfg.model.z_dim, cfg.model.noise, "cpu", g)
+    z = fixed_noise(num, cfg.model.z_dim, cfg.model.noise, seed)
     clf = load_classifier(device=str(device)) if features else None
     out = {}
-    was_training = G.training
-    G.eval()
-    with torch.no_grad():
-        for b in range(rank, (num + block - 1) // block, world):
-            imgs = to_uint8(G(z[b * block:(b + 1) * block].to(device)), G.data_range)
-            f, p = features_and_probs(imgs, clf, batch_size=block, device=str(device)) if features else (None, None)
-            out[b] = (imgs.cpu(), f, p)
-    G.train(was_training)
+    for b in range(rank, (num + block - 1) // block, world):
+        imgs = generate(G, z[b * block:(b + 1) * block], device, block)
+        f, p = features_and_probs(imgs, clf, batch_size=block, device=str(device)) if features else (None, None)
+        out[b] = (imgs, f, p)
     return out
 
 

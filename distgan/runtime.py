@@ -13,8 +13,7 @@ from torch import nn
 from distgan.config import Config, ConfigError
 
 
-class LaunchError(RuntimeError):
-    """The processes that were started do not form the group the launcher asked for."""
+from distgan.errors import LaunchError  # noqa: E402
 
 
 def build_accelerator(cfg: Config):
@@ -110,11 +109,12 @@ def maybe_compile(module: nn.Module, cfg: Config) -> nn.Module:
 
 
 class RankZero:
-    """The one place rank-0-only output goes through."""
+    """The one place rank-0-only work goes through."""
 
     def __init__(self, accelerator):
         self.acc = accelerator
         self.main = accelerator.is_main_process
+        self.world = accelerator.num_processes
 
     def print(self, *args, **kwargs):
         if self.main:
@@ -122,4 +122,25 @@ class RankZero:
             print(*args, **kwargs)
 
     def run(self, fn, *args, **kwargs):
+        """``fn`` on rank 0 only, no synchronisation (logging, progress)."""
         return fn(*args, **kwargs) if self.main else None
+
+    def collective(self, fn, *args, **kwargs):
+        """``fn`` on rank 0; every rank returns its result or raises its exception (a collective: all call it).
+
+        Without this, a rank-0 failure (a full disk, an unwritable run dir) leaves the other ranks waiting
+        at the next collective until the process-group timeout.
+        """
+        out = [None, None]
+        if self.main:
+            try:
+                out[0] = fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+                out[1] = e
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(out, from_process=0)
+        if out[1] is not None:
+            raise out[1]
+        return out[0]

@@ -24,7 +24,7 @@ def load_generator(checkpoint: str | os.PathLike, weights: str = "ema", device="
     """(generator in eval mode, its Config, the checkpoint directory) from a run dir or checkpoint."""
     from distgan import checkpoint as ckpt_lib
     from distgan.config import build
-    from distgan.trainer import build_networks
+    from distgan.networks import build_networks
 
     path = ckpt_lib.resolve(checkpoint)
     manifest = ckpt_lib.verify(path)
@@ -42,15 +42,11 @@ def load_generator(checkpoint: str | os.PathLike, weights: str = "ema", device="
     return G.to(device).eval(), cfg, path
 
 
-@torch.no_grad()
-def generate(G, cfg, num: int, seed: int, batch_size: int = 500, device="cpu") -> torch.Tensor:
+def generate_seeded(G, cfg, num: int, seed: int, batch_size: int = 500, device="cpu") -> torch.Tensor:
     """uint8 ``[num, C, H, W]``; the noise comes from a CPU generator seeded with ``seed``."""
-    from distgan.trainer import sample_noise, to_uint8
+    from distgan.generate import fixed_noise, generate
 
-    g = torch.Generator().manual_seed(seed)
-    z = sample_noise(num, cfg.model.z_dim, cfg.model.noise, "cpu", g)
-    out = [to_uint8(G(z[i:i + batch_size].to(device)), G.data_range).cpu() for i in range(0, num, batch_size)]
-    return torch.cat(out)
+    return generate(G, fixed_noise(num, cfg.model.z_dim, cfg.model.noise, seed), device, batch_size)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -66,17 +62,16 @@ def latent_walk(G, cfg, walks: int, keyframes: int, frames: int, seed: int, devi
     """uint8 ``[T, walks, C, H, W]``: each walk passes through ``keyframes`` random latents and back to the
     first, ``frames`` steps per segment. Gaussian noise is interpolated on the sphere (slerp), uniform noise
     linearly (it stays inside the box)."""
-    from distgan.trainer import sample_noise, to_uint8
+    from distgan.generate import fixed_noise, generate
 
-    g = torch.Generator().manual_seed(seed)
-    keys = sample_noise(keyframes * walks, cfg.model.z_dim, cfg.model.noise, "cpu", g).reshape(keyframes, walks, -1)
+    keys = fixed_noise(keyframes * walks, cfg.model.z_dim, cfg.model.noise, seed).reshape(keyframes, walks, -1)
     out = []
     for k in range(keyframes):
         a, b = keys[k], keys[(k + 1) % keyframes]
         for f in range(frames):
             t = f / frames
             z = slerp(a, b, t) if cfg.model.noise == "normal" else a + (b - a) * t
-            out.append(to_uint8(G(z.to(device)), G.data_range).cpu())
+            out.append(generate(G, z, device))
     return torch.stack(out)
 
 
@@ -151,7 +146,7 @@ def main(argv=None) -> int:
         print(f"[distgan] wrote {out}: {args.num} walks through {args.interpolate} points, {frames.shape[0]} frames, "
               f"from {path} ({args.weights} weights, seed {args.seed})")
         return 0
-    images = generate(G, cfg, args.num, args.seed, device=args.device)
+    images = generate_seeded(G, cfg, args.num, args.seed, device=args.device)
     write_output(images, out)
     print(f"[distgan] wrote {out} ({tuple(images.shape)} uint8) from {path} ({args.weights} weights, seed {args.seed})")
     return 0

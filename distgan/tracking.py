@@ -14,10 +14,8 @@ import torch
 
 
 def wandb_mode(configured: str) -> str:
-    """$WANDB_MODE wins; ``auto`` is online only when an API key is set."""
-    env = os.environ.get("WANDB_MODE")
-    if env:
-        return {"dryrun": "offline", "run": "online"}.get(env, env)
+    """The resolved ``wandb.mode`` ($WANDB_MODE was applied by config.load): ``auto`` is online only when
+    an API key is set."""
     if configured != "auto":
         return configured
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"

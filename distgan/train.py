@@ -3,22 +3,25 @@
     python -m distgan.train --config configs/mnist_paper.yaml --run-dir runs/paper [key=value ...]
 
 Overrides are dotted ``section.key=value`` pairs (``train.max_steps=200 optim.lr=0.05``); they win
-over $DISTGAN_DATA_DIR, which wins over the YAML file. ``--dry-run`` prints the resolved config.
-Exit codes: 0 done; 2 bad input (config, data, run dir, checkpoint), nothing written; 3 diverged
-(non-finite gradients under train.nonfinite=stop, or a streak of skipped updates), the last good
-checkpoint kept; 75 stopped by SIGTERM/SIGUSR1 after every rank agreed and a checkpoint was written
-(resume with train.resume=auto; the SLURM scripts requeue on it); 1 anything else.
+over the environment ($DISTGAN_DATA_DIR, $WANDB_MODE), which wins over the YAML file. ``--dry-run``
+prints the resolved config.
+
+Exit codes (``distgan.errors``): 0 finished; 1 anything else; 2 bad input (config, data, run dir,
+checkpoint), nothing written or changed; 3 diverged, the last good checkpoint kept; 75 stopped by
+SIGTERM/SIGUSR1 after every rank agreed and a checkpoint was written (resume with train.resume=auto).
+Under ``accelerate launch`` with several processes the launcher exits 1 for any non-zero code:
+RUN/status.json holds the state and the code.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3
-EXIT_STOPPED = 75  # EX_TEMPFAIL: try again later
+from distgan.errors import (EXIT_BAD_INPUT, EXIT_OK, BadInput, DataError, Diverged, ReplicaMismatch, StopRequested,
+                            exit_code)
 
 
 def parse_args(argv=None):
@@ -31,44 +34,52 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def _error(e: BaseException, every_rank: bool = False) -> None:
+    """One message per node (LOCAL_RANK 0, or the only process), not one per rank: the ranks of a node fail
+    alike at start and on collective decisions; ``every_rank`` for errors only some ranks may hit."""
+    if every_rank or int(os.environ.get("LOCAL_RANK", "0") or 0) == 0:
+        print(f"distgan: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+
+
+def main(argv=None, *, trainer_cls=None, callbacks=()) -> int:
+    """Parse, build, train; return the exit code. ``trainer_cls`` (a Trainer subclass overriding the
+    documented data hooks) and ``callbacks`` (``distgan.callbacks.Callback``) are for embedding and tests."""
     args = parse_args(argv)
-    from distgan.checkpoint import CheckpointError
-    from distgan.config import ConfigError, load
-    from distgan.data.mnist import DataError
-    from distgan.runtime import LaunchError
+    from distgan.config import load
 
     try:
         cfg = load(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"distgan: config error: {e}", file=sys.stderr)
+    except BadInput as e:
+        _error(e)
         return EXIT_BAD_INPUT
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem).resolve()
     if args.dry_run:
         print(f"# resolved config for run dir {run_dir}")
         print(cfg.to_yaml(), end="")
-        return 0
+        return EXIT_OK
 
-    from distgan.trainer import Diverged, RunDirError, StopRequested, Trainer
+    from distgan.trainer import Trainer
 
     try:
-        trainer = Trainer(cfg, run_dir)
-    except (ConfigError, DataError, RunDirError, CheckpointError, LaunchError) as e:
-        print(f"distgan: {type(e).__name__}: {e}", file=sys.stderr)
+        trainer = (trainer_cls or Trainer)(cfg, run_dir, callbacks=callbacks)
+    except BadInput as e:
+        _error(e)
         return EXIT_BAD_INPUT
+    code = EXIT_OK
     try:
         trainer.train()
     except StopRequested as e:
-        trainer.rank0.print(f"[distgan] {e}; exiting with code {EXIT_STOPPED}; resume with train.resume=auto")
-        trainer.acc.end_training()
-        return EXIT_STOPPED
-    except Diverged as e:
-        print(f"distgan: Diverged: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
-    trainer.rank0.print(f"[distgan] finished at step {trainer.step}; checkpoints in {trainer.ckpt_root}")
+        code = exit_code(e)
+        trainer.rank0.print(f"[distgan] {e}; exiting with code {code}; resume with train.resume=auto")
+    except (BadInput, Diverged, ReplicaMismatch) as e:
+        # a stream's DataError can hit one rank alone; the others are collective decisions
+        _error(e, every_rank=isinstance(e, DataError))
+        return exit_code(e)
+    else:
+        trainer.rank0.print(f"[distgan] finished at step {trainer.step}; checkpoints in {trainer.ckpt_root}")
+    trainer.acc.wait_for_everyone()  # nobody leaves before the final status and checkpoint are written
     trainer.acc.end_training()
-    return 0
-
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

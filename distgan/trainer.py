@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import platform
 import random
 import signal
-import subprocess
 import threading
-import sys
 import time
 from pathlib import Path
 
@@ -19,60 +14,21 @@ import torch
 from torch import nn
 
 from distgan import checkpoint as ckpt_lib
+from distgan.callbacks import Callback
 from distgan.config import Config, ConfigError
 from distgan.data.mnist import load_split
 from distgan.data.sampler import ShardedBatches
 from distgan.ema import ema_beta, make_ema, recalibrate_batchnorm, update_ema
+from distgan.errors import Diverged, ReplicaMismatch, StopRequested, exit_code
+from distgan.generate import generate, sample_noise, to_float
 from distgan.losses import LOSSES
-from distgan.networks import build_discriminator, build_generator
+from distgan.networks import build_networks
 from distgan.phases import GANStep, Net
+from distgan.rundir import RunDir, check_usable
 from distgan.runtime import (RankZero, build_accelerator, make_scaler, maybe_compile, resolve_precision,
                              step_seed)
 
-_NOISE_SALT = {"d": 1, "g": 2}
-
-
-class RunDirError(RuntimeError):
-    """The run dir holds another run, or cannot be used."""
-
-
-class Diverged(RuntimeError):
-    """Non-finite gradients under train.nonfinite=stop, or too long a streak of skipped updates."""
-
-
-class StopRequested(Exception):
-    """A stop signal arrived; every rank agreed, and a checkpoint was written."""
-
-    def __init__(self, signum: int, step: int, path):
-        super().__init__(f"stopped on signal {signal.Signals(signum).name} at step {step}; checkpoint {path}")
-        self.signum, self.step, self.path = signum, step, path
-
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-def sample_noise(n: int, z_dim: int, kind: str, device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform in [-sqrt(3), sqrt(3)] (unit variance, the paper's) or standard normal noise."""
-    if kind == "uniform":
-        return (torch.rand(n, z_dim, device=device, generator=generator) * 2.0 - 1.0) * math.sqrt(3.0)
-    return torch.randn(n, z_dim, device=device, generator=generator)
-
-
-def to_float(images_u8: torch.Tensor, data_range: tuple[float, float]) -> torch.Tensor:
-    lo, hi = data_range
-    return images_u8.float() * ((hi - lo) / 255.0) + lo
-
-
-def to_uint8(images: torch.Tensor, data_range: tuple[float, float]) -> torch.Tensor:
-    lo, hi = data_range
-    return ((images.float() - lo) * (255.0 / (hi - lo))).round().clamp(0, 255).to(torch.uint8)
-
-
-def build_networks(cfg: Config) -> tuple[nn.Module, nn.Module]:
-    shape = cfg.data.image_shape
-    G = build_generator(cfg.model.generator, cfg.model.z_dim, cfg.model.width, shape)
-    D = build_discriminator(cfg.model.discriminator, cfg.model.width, shape, cfg.model.d_spectral_norm)
-    return G, D
 
 
 def build_optimizer(cfg: Config, params, lr: float) -> torch.optim.Optimizer:
@@ -101,49 +57,22 @@ def param_checksums(modules: dict[str, nn.Module], device) -> tuple[list[str], t
     return names, torch.stack(sums).to(device)
 
 
-def run_metadata() -> dict:
-    """What made this run: git commit of the source tree, package versions, command line, host."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    src = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    versions = {}
-    for pkg in ("distgan", "torch", "torchvision", "accelerate", "safetensors", "wandb", "webdataset", "einops",
-                "numpy", "PyYAML"):
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            versions[pkg] = None
-    return {"git_commit": commit, "git_dirty": dirty, "versions": versions, "python": sys.version.split()[0],
-            "host": platform.node(), "argv": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
 def _meta_count(urls: list[str]) -> int:
     """Samples per pass from the ``*-meta.json`` that make_shards writes beside local shards (0 if none)."""
-    from distgan.data.stream import _local_path
+    from distgan.data.stream import shard_meta
 
-    first = _local_path(urls[0])
-    if first is None:
-        return 0
-    prefix = first.name.rsplit("-", 1)[0]
-    meta = first.parent / f"{prefix}-meta.json"
-    try:
-        return int(json.loads(meta.read_text())["samples"])
-    except (OSError, ValueError, KeyError):
-        return 0
+    meta = shard_meta(urls)
+    return int(meta.get("samples", 0)) if meta else 0
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | os.PathLike, accelerator=None):
+    def __init__(self, cfg: Config, run_dir: str | os.PathLike, accelerator=None, callbacks=()):
         self.cfg = cfg
-        self.run_dir = Path(run_dir).resolve()
-        self.ckpt_root = self.run_dir / "checkpoints"
+        self.rundir = RunDir(run_dir, cfg)
+        self.run_dir = self.rundir.path
+        self.ckpt_root = self.rundir.ckpt_root
+        check_usable(self.run_dir)  # before anything is built
+        self.callbacks: list[Callback] = list(callbacks)
         self.acc = accelerator or build_accelerator(cfg)
         self.rank0 = RankZero(self.acc)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
@@ -164,12 +93,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         cfg, acc = self.cfg, self.acc
-        resume_from = self._resume_target()  # fails before anything is built or written
+        # Rank 0 chooses (and hashes) the checkpoint; every rank loads that one, so replicas cannot start
+        # from different files. It fails before anything is built or written.
+        resume_from, changes, start = self.rank0.collective(self._resume_choice)
 
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         G, D = build_networks(cfg)
         self.data_range = G.data_range
-        start = json.loads((resume_from / "manifest.json").read_text())["step"] if resume_from else 0
         self.data = self._make_data(G, start)
         if cfg.model.sync_batchnorm and self.world > 1 and self.device.type != "cuda":
             raise ConfigError("model.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm is GPU-only); on "
@@ -192,7 +122,7 @@ class Trainer:
         self.D = Net(D, D_fwd, D_train, opt_d, make_scaler(self.precision, self.device), "D")
         self.gan = GANStep(acc, self.G, self.D, LOSSES[cfg.loss.name], self.precision)
         g = torch.Generator().manual_seed(cfg.train.seed + 0xF1C5)
-        self.fixed_noise = sample_noise(64, cfg.model.z_dim, cfg.model.noise, "cpu", g).to(self.device)
+        self.fixed_noise = sample_noise(64, cfg.model.z_dim, cfg.model.noise, "cpu", g)
 
         if resume_from is not None:
             self._load(resume_from)
@@ -201,7 +131,19 @@ class Trainer:
             f"precision {self.precision} | compile {cfg.compile.enabled} | global batch {cfg.train.batch_size} "
             f"= {self.world} ranks x {cfg.train.grad_accum} micro x {self.micro} | "
             + (f"resumed from {resume_from} at step {self.step}" if resume_from else "fresh start"))
-        self._write_run_files(resumed=resume_from is not None)
+        if changes:
+            self.rank0.print("[distgan] accepted on resume (train.allow_changed): " + ", ".join(
+                f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+        meta = {"world_size": self.world, "precision": self.precision, "device": str(self.device),
+                "resumed_at_step": self.step if resume_from else None, "resumed_from": str(resume_from or "") or None,
+                "changed_on_resume": {k: list(v) for k, v in changes.items()} or None}
+        self.rank0.collective(self.rundir.write_start, meta)
+
+    def _resume_choice(self) -> tuple[Path | None, dict, int]:
+        """(checkpoint or None, accepted identity changes, its step); run on rank 0 (it verifies hashes)."""
+        path, changes = self.rundir.resume_target(warn=print)
+        step = ckpt_lib.verify(path)["step"] if path is not None else 0
+        return path, changes, step
 
     def _make_data(self, G, start_step: int):
         """In-memory MNIST sharded per rank, or a resampled WebDataset stream (see distgan.data.stream)."""
@@ -210,7 +152,7 @@ class Trainer:
             from distgan.data.stream import StreamBatches, check_urls, expand_urls
 
             urls = expand_urls(cfg.data.urls)
-            check_urls(urls)
+            check_urls(urls, cfg.data.image_shape)
             if cfg.data.in_memory:
                 from distgan.data.stream import read_all
 
@@ -233,39 +175,6 @@ class Trainer:
         import torch.distributed as dist
 
         return dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
-
-    def _resume_target(self) -> Path | None:
-        resume = self.cfg.train.resume
-        existing = ckpt_lib.list_checkpoints(self.ckpt_root)
-        if resume == "no":
-            if existing:
-                raise RunDirError(
-                    f"run dir {self.run_dir} already holds a run (checkpoint {existing[0].name}); continue it "
-                    f"with train.resume=auto or choose a new --run-dir. Nothing was changed.")
-            return None
-        if resume == "auto":
-            warn = self.rank0.print
-            found = ckpt_lib.find_latest_good(self.ckpt_root, warn=warn)
-            if found is None and existing:
-                raise ckpt_lib.CheckpointError(
-                    f"every checkpoint under {self.ckpt_root} failed verification; refusing to start over "
-                    f"in a run dir that holds a run. Move it away or choose a new --run-dir.")
-            return found
-        path = ckpt_lib.resolve(resume)
-        ckpt_lib.verify(path)
-        return path
-
-    def _write_run_files(self, resumed: bool) -> None:
-        def write():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt_lib.atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
-            meta = {**run_metadata(), "world_size": self.world, "precision": self.precision,
-                    "device": str(self.device), "resumed_at_step": self.step if resumed else None}
-            with open(self.run_dir / "runs.jsonl", "a") as f:  # one line per start, so resumes stay visible
-                f.write(json.dumps(meta) + "\n")
-
-        self.rank0.run(write)
-        self.acc.wait_for_everyone()
 
     # --------------------------------------------------------------------- test hooks / data / noise
     def real_batch(self, global_batch_index: int, micro: int) -> torch.Tensor:
@@ -337,7 +246,8 @@ class Trainer:
         skipped = self.gan.skipped.tolist()
         streak = int(self.gan.max_streak.item())
         if t.nonfinite == "stop" and sum(skipped) > 0 or streak >= t.max_skip_streak:
-            last = ckpt_lib.find_latest_good(self.ckpt_root, warn=lambda m: None)
+            latest = self.ckpt_root / "latest"
+            last = self.ckpt_root / latest.read_text().strip() if latest.is_file() else None
             why = (f"{streak} consecutive steps with skipped updates (train.max_skip_streak={t.max_skip_streak})"
                    if streak >= t.max_skip_streak else "train.nonfinite=stop")
             raise Diverged(f"non-finite gradients by step {self.step} (skipped updates: D {int(skipped[0])}, "
@@ -346,65 +256,69 @@ class Trainer:
         return {"skipped/D": skipped[0], "skipped/G": skipped[1]}
 
     def train(self) -> dict:
+        """Run to ``train.max_steps``. RUN/status.json records how it ended (with the exit code) before the
+        tracker closes: a job scheduler that kills the processes right after the first one exits still
+        finds the final state."""
         cfg, t = self.cfg, self.cfg.train
         self._signal = 0
         main_thread = threading.current_thread() is threading.main_thread()
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS} if main_thread else {}
-        self._status("running")
+        self.rank0.run(self.rundir.write_status, "running", self.step)
+        tracker = self._make_tracker()  # a no-op tracker on ranks other than 0
+        error: BaseException | None = None
         try:
-            out = self._train(cfg, t)
-            self._status("finished")
+            for cb in self.callbacks:
+                cb.on_train_start(self)
+            out = self._train(cfg, t, tracker)
+            for cb in self.callbacks:
+                cb.on_train_end(self)
             return out
-        except StopRequested:
-            self._status("stopped")
-            raise
-        except Diverged:
-            self._status("diverged")
+        except BaseException as e:
+            error = e
             raise
         finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+            code = exit_code(error) if not isinstance(error, KeyboardInterrupt) else 130
+            state = {0: "finished", 75: "stopped", 3: "diverged"}.get(code, "failed")
+            try:
+                self.rank0.run(self.rundir.write_status, state, self.step, code)
+            finally:
+                tracker.close()
+                for s, h in previous.items():
+                    signal.signal(s, h)
 
-    def _status(self, state: str) -> None:
-        """RUN/status.json: running, finished, stopped (by a signal, resumable) or diverged; read by slurm/run.sh."""
-        self.rank0.run(lambda: ckpt_lib.atomic_write_text(
-            self.run_dir / "status.json", json.dumps({"state": state, "step": self.step, "pid": os.getpid()}) + "\n"))
-
-    def _train(self, cfg, t) -> dict:
-        tracker = self._make_tracker()  # a no-op tracker on ranks other than 0
+    def _train(self, cfg, t, tracker) -> dict:
         acc_stats = torch.zeros(4, device=self.device)  # summed on device, read once per log tick
         n_acc, t_last, step_last = 0, time.perf_counter(), self.step
         last_logged: dict = {}
-        try:
-            while self.step < t.max_steps:
-                sched = self.apply_schedule(self.step)
-                d_stats, g_stats = self.train_step(self.step)
-                acc_stats += torch.cat([d_stats, g_stats])
-                n_acc += 1
-                self.step += 1
-                tracker.advance()
-                done = self.step == t.max_steps
-                if self.step % t.log_every == 0 or done:
-                    now = time.perf_counter()
-                    # this rank's real images per second; summed over ranks in _log_tick
-                    ips = (self.step - step_last) * self.micro * t.grad_accum * t.d_steps / max(now - t_last, 1e-9)
-                    last_logged = self._log_tick(tracker, acc_stats / n_acc, sched, ips)
-                    acc_stats.zero_(); n_acc = 0; t_last, step_last = now, self.step
-                if t.sample_every and self.step % t.sample_every == 0 or done:
-                    self._grid(tracker)
-                if t.consistency_every and self.step % t.consistency_every == 0:
-                    self.check_replicas()
-                if cfg.eval.every and (self.step % cfg.eval.every == 0 or done):
-                    self._eval_tick(tracker)
-                if self.step % t.ckpt_every == 0 or done:
-                    self.save_checkpoint()
-                if self.step % t.stop_check_every == 0 and not done:
-                    signum = self._stop_agreed()
-                    if signum:
-                        path = self.save_checkpoint()
-                        raise StopRequested(signum, self.step, path)
-        finally:
-            tracker.close()
+        while self.step < t.max_steps:
+            sched = self.apply_schedule(self.step)
+            d_stats, g_stats = self.train_step(self.step)
+            acc_stats += torch.cat([d_stats, g_stats])
+            n_acc += 1
+            self.step += 1
+            tracker.advance()
+            for cb in self.callbacks:
+                cb.on_step_end(self)
+            done = self.step == t.max_steps
+            if self.step % t.log_every == 0 or done:
+                now = time.perf_counter()
+                # this rank's real images per second; summed over ranks in _log_tick
+                ips = (self.step - step_last) * self.micro * t.grad_accum * t.d_steps / max(now - t_last, 1e-9)
+                last_logged = self._log_tick(tracker, acc_stats / n_acc, sched, ips)
+                acc_stats.zero_(); n_acc = 0; t_last, step_last = now, self.step
+            if t.sample_every and self.step % t.sample_every == 0 or done:
+                self._grid(tracker)
+            if t.consistency_every and self.step % t.consistency_every == 0:
+                self.check_replicas()
+            if cfg.eval.every and (self.step % cfg.eval.every == 0 or done):
+                self._eval_tick(tracker)
+            if self.step % t.ckpt_every == 0 or done:
+                self.save_checkpoint()
+            if self.step % t.stop_check_every == 0 and not done:
+                signum = self._stop_agreed()
+                if signum:
+                    path = self.save_checkpoint()
+                    raise StopRequested(signum, self.step, path)
         return last_logged
 
     def _make_tracker(self):
@@ -415,6 +329,7 @@ class Trainer:
         return Tracker(self.cfg, self.run_dir, self.cfg.train.max_steps, self.step)
 
     def _log_tick(self, tracker, stats: torch.Tensor, sched: dict, ips_local: float) -> dict:
+        local = stats
         stats = self.acc.reduce(stats.clone(), reduction="mean") if self.world > 1 else stats
         ips = torch.tensor([ips_local], device=self.device)
         ips = self.acc.reduce(ips, reduction="sum") if self.world > 1 else ips
@@ -428,6 +343,8 @@ class Trainer:
             bad = torch.tensor([float(self.data.skipped)], device=self.device)
             metrics["data/skipped"] = (self.acc.reduce(bad, reduction="sum") if self.world > 1 else bad).item()
         tracker.log(self.step, metrics)
+        for cb in self.callbacks:
+            cb.on_log(self, local, metrics)
         return metrics
 
     # ------------------------------------------------------------------------------- evaluation
@@ -435,7 +352,9 @@ class Trainer:
         """Score the EMA generator (else G) on ``eval.num`` fixed-noise samples; every rank gets the figures.
 
         Each rank generates its blocks and their classifier features; they are gathered, rank 0 computes
-        the metrics and broadcasts them, so a best-checkpoint decision is the same on every rank.
+        the metrics and broadcasts them, so a best-checkpoint decision is the same on every rank. The
+        reference is MNIST's validation split, train[50000:60000]: model selection never sees the test set,
+        which is kept for the final report of ``distgan.evaluate``.
         """
         from distgan.evaluate import assemble, gather_blocks, generate_blocks
         from distgan.metrics import suite
@@ -447,15 +366,12 @@ class Trainer:
         blocks = generate_blocks(G, self.cfg, e.num, e.seed, self.rank, self.world, e.block, self.device,
                                  features=bool(suite.FEATURE_METRICS & set(metrics)))
         blocks = gather_blocks(blocks, self.world)
-        res = [None]
-        if self.acc.is_main_process:
-            images, feats, probs = assemble(blocks)
-            res[0] = suite.compute(images, metrics, self.cfg.data.root, feats, probs)
-        if self.world > 1:
-            import torch.distributed as dist
 
-            dist.broadcast_object_list(res, src=0)
-        return res[0]
+        def score():
+            images, feats, probs = assemble(blocks)
+            return suite.compute(images, metrics, self.cfg.data.root, feats, probs, reference="valid")
+
+        return self.rank0.collective(score)
 
     def _eval_tick(self, tracker) -> None:
         t0 = time.perf_counter()
@@ -482,14 +398,10 @@ class Trainer:
         best = f" | best {key} {self.best['value']:.4g} at step {self.best['step']}" if self.best else ""
         tracker.write(f"[distgan] eval step {self.step}: {shown}{best} ({time.perf_counter() - t0:.1f} s)")
 
-    @torch.no_grad()
     def generate(self, z: torch.Tensor, weights: str = "ema") -> torch.Tensor:
+        """uint8 images of the EMA generator (``weights="ema"``, if kept) or of G from noise ``z``."""
         net = self.G_ema if weights == "ema" and self.G_ema is not None else self.G.net
-        was_training = net.training
-        net.eval()
-        out = to_uint8(net(z), self.data_range)
-        net.train(was_training)
-        return out
+        return generate(net, z, self.device)
 
     def _refresh_ema_bn(self) -> None:
         """Recompute G_ema's BatchNorm statistics from ``ema.bn_batches`` fixed-noise batches, at most once per
@@ -535,8 +447,11 @@ class Trainer:
         gathered = self.acc.gather(sums.unsqueeze(0)).reshape(self.world, -1)
         bad = (gathered != gathered[0]).any(0).nonzero().flatten().tolist()
         if bad:
-            raise RuntimeError(f"replicas diverged at step {self.step}: tensor {names[bad[0]]!r} differs between "
-                               f"ranks ({len(bad)} tensors in all); this is a bug in synchronisation, not your data")
+            ranks = (gathered[:, bad[0]] != gathered[0, bad[0]]).nonzero().flatten().tolist()
+            raise ReplicaMismatch(
+                f"replicas diverged at step {self.step}: tensor {names[bad[0]]!r} differs between rank 0 and "
+                f"rank(s) {ranks} ({len(bad)} tensors in all); this is a bug in synchronisation, not your data. "
+                f"The last good checkpoint is kept; please report it with RUN/runs.jsonl")
 
     @staticmethod
     def rng_state() -> dict:
@@ -574,16 +489,16 @@ class Trainer:
                 # are not needed for an exact resume; they are restored when the world size is unchanged.
                 "rng_per_rank": rng_per_rank, "best": self.best}
 
-    def save_checkpoint(self, name: str | None = None) -> Path | None:
-        """A collective: every rank calls it. ``name="best"`` writes checkpoints/best (see checkpoint.save)."""
+    def save_checkpoint(self, name: str | None = None) -> Path:
+        """A collective: every rank calls it. ``name="best"`` writes checkpoints/best (see checkpoint.save).
+        Rank 0 writes; a failure (disk full) raises CheckpointError on every rank, previous checkpoints intact."""
         self.check_guard()  # never write a checkpoint from a diverged state
         self._refresh_ema_bn()
         self.check_replicas()
         self._sync_buffers()
         rng = self._gather_rng()
-        self.acc.wait_for_everyone()
-        path = None
-        if self.acc.is_main_process:
+
+        def write() -> Path:
             weights = {"G.safetensors": ckpt_lib.plain_state_dict(self.G.net),
                        "D.safetensors": ckpt_lib.plain_state_dict(self.D.net)}
             if self.G_ema is not None:
@@ -594,10 +509,10 @@ class Trainer:
             extra = {"images_seen": j * self.cfg.train.batch_size, "world_size": self.world,
                      "data": {"global_batches": j, "epoch": epoch, "batch_in_epoch": offset},
                      "config": self.cfg.to_dict(), **extra_best}
-            path = ckpt_lib.save(self.ckpt_root, self.step, weights, self.training_state(rng), extra,
+            return ckpt_lib.save(self.ckpt_root, self.step, weights, self.training_state(rng), extra,
                                  self.cfg.train.keep_last, name=name)
-        self.acc.wait_for_everyone()
-        return path
+
+        return self.rank0.collective(write)
 
     def _load(self, path: Path) -> None:
         ckpt_lib.load_weights(path, "G.safetensors", self.G.net)

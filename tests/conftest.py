@@ -1,15 +1,29 @@
+"""Shared set-up. The suite is hermetic: every cache a test run fills (distgan's reference features, W&B,
+torch.compile, matplotlib) goes to one session directory that is removed at the end, and W&B is disabled
+except in the tests about W&B, which turn offline mode on for themselves."""
+
 import os
-import socket
-import sys
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("DISTGAN_DATA_DIR", str((REPO.parent / "shared" / "data").resolve()))
-# Tests that are not about W&B run without it; the W&B test turns offline mode on for itself.
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("WANDB_SILENT", "true")
+# Not setdefault: CI exports WANDB_MODE=offline for the W&B tests, and every other test must not start a run.
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["WANDB_SILENT"] = "true"
+_SESSION = Path(tempfile.mkdtemp(prefix="distgan-tests-"))
+for var, sub in (("DISTGAN_CACHE_DIR", "distgan"), ("WANDB_DIR", "wandb"), ("WANDB_CACHE_DIR", "wandb-cache"),
+                 ("WANDB_CONFIG_DIR", "wandb-config"), ("WANDB_DATA_DIR", "wandb-data"),
+                 ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton"),
+                 ("MPLCONFIGDIR", "matplotlib"), ("XDG_CACHE_HOME", "xdg-cache")):
+    os.environ[var] = str(_SESSION / sub)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_SESSION, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -20,15 +34,23 @@ def data_dir() -> str:
     return d
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def debug_run(tmp_path_factory, data_dir):
+    """configs/debug.yaml as a user runs it (W&B offline, in-training eval, 40 steps), trained once per
+    session. Tests that change a run copy it first (``copy_run``)."""
+    from tests.helpers import module
+
+    run_dir = tmp_path_factory.mktemp("debug") / "dbg"
+    p = module("distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.progress=false",
+               env={"WANDB_MODE": "offline"})
+    return run_dir, p
 
 
-def python() -> str:
-    return sys.executable
+@pytest.fixture
+def copy_run(tmp_path):
+    def copy(run_dir: Path) -> Path:
+        dst = tmp_path / run_dir.name
+        shutil.copytree(run_dir, dst)
+        return dst
 
-
-def accelerate_bin() -> str:
-    return str(Path(sys.executable).parent / "accelerate")
+    return copy

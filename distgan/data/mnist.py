@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +20,17 @@ FILES = {
 SPLITS = {"train": ("train", 0, 50_000), "valid": ("train", 50_000, 60_000), "test": ("test", 0, 10_000)}
 
 
-class DataError(RuntimeError):
-    """Data is missing or unreadable; the message says where it was looked for and what to do."""
+from distgan.errors import DataError  # noqa: E402
 
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a cut or damaged download
+        raise DataError(f"{path} is truncated or not valid gzip ({type(e).__name__}: {e}); delete it and "
+                        f"download MNIST again (data.download=true), or point DISTGAN_DATA_DIR at an intact copy") from None
     if len(data) < 8 or data[0] != 0 or data[1] != 0:
         raise DataError(f"{path} is not an idx file (bad magic number); delete it and download MNIST again")
     dtype_code, ndim = data[2], data[3]
@@ -35,7 +39,8 @@ def _read_idx(path: Path) -> np.ndarray:
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated: header says {dims}, found {body.size} bytes of data")
+        raise DataError(f"{path} is truncated: header says {dims}, found {body.size} bytes of data; delete it and "
+                        f"download MNIST again, or point DISTGAN_DATA_DIR at an intact copy")
     return body.reshape(dims)
 
 

@@ -50,7 +50,7 @@ def expand_urls(pattern: str) -> list[str]:
     return urls
 
 
-def _local_path(url: str) -> Path | None:
+def local_path(url: str) -> Path | None:
     """The file behind a URL that names a local file, else None (pipe:, http:, s3: ... cannot be checked)."""
     if url.startswith("file:"):
         return Path(url[5:])
@@ -59,11 +59,63 @@ def _local_path(url: str) -> Path | None:
     return Path(url)
 
 
-def check_urls(urls: list[str]) -> None:
-    missing = [u for u in urls if (p := _local_path(u)) is not None and not p.is_file()]
+def check_urls(urls: list[str], image_shape=None) -> None:
+    """Fail at start, before anything is built: a missing local shard, or (given ``image_shape``) a first
+    local shard whose first image has another size or channel count than the config's."""
+    missing = [u for u in urls if (p := local_path(u)) is not None and not p.is_file()]
     if missing:
         raise DataError(f"{len(missing)} of {len(urls)} shards not found, first {missing[0]!r}; check data.urls "
                         f"(write shards with `python -m distgan.data.make_shards`)")
+    if image_shape is not None:
+        check_image_shape(urls, image_shape)
+
+
+def check_image_shape(urls: list[str], image_shape) -> None:
+    """Decode the first image of the first local shard and compare it with ``image_shape`` (C, H, W).
+    Remote shards are not opened here: a mismatch there fails at the first batch, with the same message."""
+    import tarfile
+
+    path = local_path(urls[0])
+    if path is None:
+        return
+    _, h, w = image_shape
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                ext = member.name.rsplit(".", 1)[-1].lower()
+                if member.isfile() and ext in IMAGE_KEYS:
+                    data = tar.extractfile(member).read()
+                    break
+            else:
+                raise DataError(f"shard {path} holds no image ({', '.join(IMAGE_KEYS)}); write shards with "
+                                f"`python -m distgan.data.make_shards`")
+    except (tarfile.TarError, OSError) as e:
+        raise DataError(f"shard {path} cannot be read as a tar file: {e}") from None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            size = img.size
+    except (UnidentifiedImageError, OSError):
+        return  # a corrupt first sample: the stream skips and counts it
+    if size != (w, h):  # channels need no check: decoding converts to the configured ones
+        raise DataError(f"shard {path} holds {size[0]}x{size[1]} images ({member.name}) but the config expects "
+                        f"{w}x{h} (data.image_size={h}); set data.image_size={size[1]} or rewrite the shards "
+                        f"with make_shards --size {h}")
+
+
+def shard_meta(urls: list[str]) -> dict | None:
+    """The ``{prefix}-meta.json`` that make_shards writes beside local shards, or None."""
+    import json
+
+    first = local_path(urls[0])
+    if first is None:
+        return None
+    meta = first.parent / f"{first.name.rsplit('-', 1)[0]}-meta.json"
+    try:
+        return json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def decode_image(data: bytes, image_shape: tuple[int, int, int]) -> torch.Tensor:

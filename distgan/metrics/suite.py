@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from distgan.atomic import atomic_path
 from distgan.metrics import scores
 from distgan.metrics.classifier import WEIGHTS, features_and_probs
 
@@ -63,20 +64,30 @@ def reference_features(data_root: str, split: str = "test", limit: int | None = 
     feats, probs = features_and_probs(images[:limit] if limit else images)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-        save_file({"features": feats.contiguous(), "probs": probs.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"features": feats.contiguous(), "probs": probs.contiguous()}, str(tmp))
     except OSError:
         pass  # a read-only home only costs recomputation
     return feats, probs
+
+
+REFERENCES = ("test", "valid")
+"""``test``: the 10,000 MNIST test images, for final reports (``distgan.evaluate``). ``valid``:
+train[50000:60000], for model selection during training, so the test set never picks a checkpoint."""
 
 
 def compute(images_u8: torch.Tensor, metrics=FAST, data_root: str = "data", feats: torch.Tensor | None = None,
             probs: torch.Tensor | None = None, reference: str = "test") -> dict:
     """Every requested metric of uint8 samples ``[N, 1, 28, 28]`` against the MNIST ``reference`` split.
 
-    ``feats``/``probs`` may be passed when already computed (gathered across ranks, for instance).
+    ``reference="test"``: FD and precision/recall against the test set's features, Parzen's sigma chosen on
+    valid[:1000] and the log-likelihood of the test set, the memorisation check against test images.
+    ``reference="valid"``: the same with the validation split in the test set's place (Parzen: sigma on
+    valid[:1000], log-likelihood of valid[1000:]). ``feats``/``probs`` may be passed when already computed
+    (gathered across ranks, for instance).
     """
+    if reference not in REFERENCES:
+        raise ValueError(f"reference={reference!r}; choose one of {REFERENCES}")
     out: dict = {}
     channels = images_u8.shape[1]
     if tuple(metrics) == METRICS:  # 'all': every metric that applies to these samples
@@ -104,15 +115,44 @@ def compute(images_u8: torch.Tensor, metrics=FAST, data_root: str = "data", feat
         from distgan.data.mnist import load_split
         from distgan.metrics.parzen import nearest_neighbour_check, parzen
 
+        def pixels(split, lo=None, hi=None):
+            return load_split(data_root, split, download=False)[0][lo:hi].float().flatten(1) / 255.0
+
         x = images_u8.float().flatten(1) / 255.0
-        test = load_split(data_root, "test", download=False)[0].float().flatten(1) / 255.0
+        held_out = pixels("test") if reference == "test" else pixels("valid", 1000)
         if "parzen" in metrics:
-            valid = load_split(data_root, "valid", download=False)[0][:1000].float().flatten(1) / 255.0
-            out.update(parzen(x, valid, test))
+            out.update(parzen(x, pixels("valid", 0, 1000), held_out))
         if "nn" in metrics:
-            train = load_split(data_root, "train", download=False)[0].float().flatten(1) / 255.0
-            out.update(nearest_neighbour_check(x, train, test))
+            train = pixels("train")
+            out.update(nearest_neighbour_check(x, train, held_out, held_out_to_train=_cached_nearest(train, held_out)))
     return out
+
+
+def _cached_nearest(train: torch.Tensor, held_out: torch.Tensor) -> torch.Tensor:
+    """Distances from each held-out image to its nearest training image (fixed for a dataset: the costly
+    half of the memorisation check), cached like the reference features."""
+    from safetensors.torch import load_file, save_file
+
+    from distgan.metrics.parzen import nearest_distances
+
+    h = hashlib.sha256()
+    for t in (train, held_out):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    path = _cache_dir() / f"nearest-{h.hexdigest()[:16]}.safetensors"
+    if path.exists():
+        try:
+            return load_file(str(path))["d"]
+        except Exception:  # a damaged cache is recomputed, never trusted
+            pass
+    d = nearest_distances(held_out, train)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"d": d.contiguous()}, str(tmp))
+    except OSError:
+        pass  # a read-only cache dir only costs recomputation
+    return d
 
 
 def stacked_mnist_modes(images_u8: torch.Tensor) -> dict:

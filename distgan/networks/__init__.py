@@ -31,3 +31,11 @@ def build_discriminator(name: str, width: int = 0, image_shape=(1, 28, 28), spec
     if spectral_norm:
         kwargs["spectral_norm"] = True
     return DISCRIMINATORS[name](image_shape=tuple(image_shape), **kwargs)
+
+
+def build_networks(cfg):
+    """(G, D) for a :class:`distgan.config.Config`: architecture, width, image shape, spectral norm."""
+    shape = cfg.data.image_shape
+    G = build_generator(cfg.model.generator, cfg.model.z_dim, cfg.model.width, shape)
+    D = build_discriminator(cfg.model.discriminator, cfg.model.width, shape, cfg.model.d_spectral_norm)
+    return G, D

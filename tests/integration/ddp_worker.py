@@ -1,11 +1,20 @@
-"""Launched by the distributed tests under `accelerate launch` (or plain python for 1 rank).
+"""``distgan.train.main`` with probes, for the tests that need what only a real run shows.
 
-Runs the real Trainer for a few steps and saves, per rank, what only a real run shows: final
-parameters, the dataset indices it consumed, its noise, its local and logged metrics.
-``--inject-noise`` replaces the per-rank noise by slices of one global noise tensor per update, so
-runs at different world sizes / accumulation see the same global noise (the equivalence tests).
+Launched like the entry point (``python ddp_worker.py`` or ``accelerate launch ddp_worker.py``) and exits
+with ``distgan.train.main``'s own code. It plugs in through the documented hooks only: a Trainer
+subclass overriding ``real_batch`` and ``noise``, and a ``Callback``. Each rank saves RUN/../out/rankR.pt.
 
-    python ddp_worker.py --config configs/debug.yaml --run-dir R --out O [--inject-noise] [key=value ...]
+    python ddp_worker.py --out O [probe options] -- --config configs/debug.yaml --run-dir R [key=value ...]
+
+Probe options:
+  --inject-noise        per-rank noise = a slice of one global noise tensor per update, so runs at other
+                        world sizes or accumulation see the same global noise (equivalence tests)
+  --nan-steps 6,7       a NaN in the real batch of these steps (D's loss and gradients become NaN)
+  --same-slice          wrong on purpose: every rank trains on rank 0's slice of each global batch
+  --comm-hook H         DDP communication hook on G and D: mean (as DDP), count (mean, counting calls),
+                        sum (wrong: all-reduce without averaging), local (wrong: no all-reduce)
+  --perturb RANK:STEP   wrong on purpose: add 1e-3 to one D weight on RANK after STEP
+  --raise-at STEP       raise RuntimeError after STEP (an unexpected failure)
 """
 
 import argparse
@@ -16,79 +25,149 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from distgan.config import load  # noqa: E402
-from distgan.trainer import Diverged, Trainer, sample_noise  # noqa: E402
+from distgan.callbacks import Callback  # noqa: E402
+from distgan.data.sampler import ShardedBatches  # noqa: E402
+from distgan.generate import sample_noise, to_float  # noqa: E402
+from distgan.train import main  # noqa: E402
+from distgan.trainer import Trainer  # noqa: E402
 
 
-class ProbeTrainer(Trainer):
-    inject_noise = False
-    nan_steps: set = set()
+def make_trainer_cls(opts):
+    class ProbeTrainer(Trainer):
+        """Overrides only the two documented data hooks."""
 
-    def _setup(self):
-        self.consumed, self.noises, self.local_stats = [], [], None
-        super()._setup()
+        def real_batch(self, j, micro):
+            if opts.same_slice:
+                d = self.data
+                rank0 = ShardedBatches(d.images, d.B, 0, d.world, d.seed, d.accum)
+                idx = rank0.indices(j, micro)
+                x = to_float(d.images[idx], self.data_range)
+            else:
+                idx = self.data.indices(j, micro) if hasattr(self.data, "indices") else None
+                x = super().real_batch(j, micro)
+            if idx is not None:
+                self.probe.consumed.append(idx.cpu())
+            if self.step in opts.nan_steps:  # fault injection (inside train_step(s), self.step == s)
+                x = x.clone()
+                x[0, 0, 0, 0] = float("nan")
+            return x
 
-    def train_step(self, step):
-        self._calls, self._step = 0, step
-        return super().train_step(step)
+        def noise(self, n):
+            p = self.probe
+            if p.last_step != self.step:  # the first noise of this step
+                p.calls, p.last_step = 0, self.step
+            if not opts.inject_noise:
+                z = super().noise(n)
+            else:
+                t = self.cfg.train
+                update, micro = divmod(p.calls, t.grad_accum)
+                g = torch.Generator().manual_seed(1_000_003 * self.step + update)
+                z_all = sample_noise(t.batch_size, self.cfg.model.z_dim, self.cfg.model.noise, "cpu", g)
+                start = self.rank * (t.batch_size // self.world) + micro * n
+                z = z_all[start:start + n].to(self.device)
+            p.calls += 1
+            p.noises.append(z[:2].cpu().clone())
+            return z
 
-    def real_batch(self, j, micro):
-        self.consumed.append(self.data.indices(j, micro).cpu())
-        x = super().real_batch(j, micro)
-        if self._step in self.nan_steps:  # fault injection: D's loss and gradients become NaN
-            x = x.clone()
-            x[0, 0, 0, 0] = float("nan")
-        return x
-
-    def noise(self, n):
-        if not self.inject_noise:
-            z = super().noise(n)
-        else:
-            t = self.cfg.train
-            update, micro = divmod(self._calls, t.grad_accum)
-            g = torch.Generator().manual_seed(1_000_003 * self._step + update)
-            z_all = sample_noise(t.batch_size, self.cfg.model.z_dim, self.cfg.model.noise, "cpu", g)
-            start = self.rank * (t.batch_size // self.world) + micro * n
-            z = z_all[start:start + n].to(self.device)
-        self._calls += 1
-        self.noises.append(z[:2].cpu().clone())
-        return z
-
-    def _log_tick(self, tracker, stats, sched, ips):
-        self.local_stats = stats.clone().cpu()
-        return super()._log_tick(tracker, stats, sched, ips)
+    return ProbeTrainer
 
 
-def main():
+def comm_hook(kind, counter):
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    def count(state, bucket):
+        counter[0] += 1
+        return allreduce_hook(state, bucket)
+
+    def wrong_sum(state, bucket):
+        fut = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+        return fut.then(lambda f: f.value()[0])
+
+    def wrong_local(state, bucket):
+        fut = torch.futures.Future()
+        fut.set_result(bucket.buffer())
+        return fut
+
+    return {"mean": allreduce_hook, "count": count, "sum": wrong_sum, "local": wrong_local}[kind]
+
+
+class Probe(Callback):
+    def __init__(self, opts):
+        self.opts = opts
+        self.consumed, self.noises, self.calls, self.last_step = [], [], 0, None
+        self.local_stats, self.logged, self.snapshots = None, None, {}
+        self.allreduce_calls = [0]
+
+    def on_train_start(self, trainer):
+        self.start_step = trainer.step
+        self.init = {"G": clone(trainer.G.net.state_dict()), "D": clone(trainer.D.net.state_dict())}
+        if self.opts.comm_hook:
+            if trainer.world == 1:
+                raise SystemExit("--comm-hook needs a DDP run (2 or more ranks)")
+            for net in (trainer.G, trainer.D):
+                net.train_fwd.register_comm_hook(None, comm_hook(self.opts.comm_hook, self.allreduce_calls))
+
+    def on_step_end(self, trainer):
+        s = trainer.step  # steps done
+        if s in self.opts.nan_steps or s - 1 in self.opts.nan_steps:  # just before and just after a NaN step
+            self.snapshots[s] = {"D": clone(trainer.D.net.state_dict()), "opt_D": clone(trainer.D.opt.state_dict())}
+        if self.opts.perturb and trainer.rank == self.opts.perturb[0] and s == self.opts.perturb[1]:
+            with torch.no_grad():
+                next(trainer.D.net.parameters()).view(-1)[0] += 1e-3
+        if self.opts.raise_at is not None and s == self.opts.raise_at:
+            raise RuntimeError(f"injected failure after step {s}")
+        if s == trainer.cfg.train.max_steps:  # saved before the last checkpoint's replica check can stop the run
+            self.save(trainer)
+
+    def on_log(self, trainer, local_stats, metrics):
+        self.local_stats, self.logged = local_stats.clone().cpu(), dict(metrics)
+
+    def on_train_end(self, tr):
+        self.save(tr)
+
+    def save(self, tr):
+        d = tr.data
+        epoch0 = (torch.cat([d.indices(j, m) for j in range(d.batches_per_epoch) for m in range(tr.cfg.train.grad_accum)])
+                  .cpu() if hasattr(d, "indices") else None)
+        out = Path(self.opts.out)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({"rank": tr.rank, "world": tr.world, "start_step": self.start_step, "step": tr.step,
+                    "G": clone(tr.G.net.state_dict()), "D": clone(tr.D.net.state_dict()),
+                    "G_ema": clone(tr.G_ema.state_dict()) if tr.G_ema is not None else {}, "init": self.init,
+                    "consumed": self.consumed, "epoch0": epoch0, "noises": self.noises,
+                    "local_stats": self.local_stats, "logged": self.logged, "snapshots": self.snapshots,
+                    "allreduce_calls": self.allreduce_calls[0]}, out / f"rank{tr.rank}.pt")
+
+
+def clone(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone().cpu()
+    if isinstance(obj, dict):
+        return {k: clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(clone(v) for v in obj)
+    return obj
+
+
+def parse(argv):
     p = argparse.ArgumentParser()
-    p.add_argument("--config", default="configs/debug.yaml")
-    p.add_argument("--run-dir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--inject-noise", action="store_true")
-    p.add_argument("--nan-steps", default="", help="comma list of steps whose real batch holds a NaN")
-    p.add_argument("overrides", nargs="*")
-    a = p.parse_args()
-    cfg = load(a.config, a.overrides)
-    ProbeTrainer.inject_noise = a.inject_noise
-    ProbeTrainer.nan_steps = {int(x) for x in a.nan_steps.split(",") if x}
-    tr = ProbeTrainer(cfg, a.run_dir)
-    start = tr.step
-    try:
-        logged = tr.train()
-    except Diverged as e:
-        print(f"Diverged: {e}", file=sys.stderr)
-        sys.exit(3)
-    epoch0 = torch.cat([tr.data.indices(j, m) for j in range(tr.data.batches_per_epoch)
-                        for m in range(cfg.train.grad_accum)]).cpu()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({"rank": tr.rank, "world": tr.world, "start_step": start, "step": tr.step,
-                "G": tr.G.net.state_dict(), "D": tr.D.net.state_dict(),
-                "G_ema": tr.G_ema.state_dict() if tr.G_ema is not None else {},
-                "consumed": tr.consumed, "epoch0": epoch0, "noises": tr.noises,
-                "local_stats": tr.local_stats, "logged": logged}, out / f"rank{tr.rank}.pt")
-    tr.acc.end_training()
+    p.add_argument("--nan-steps", default="")
+    p.add_argument("--same-slice", action="store_true")
+    p.add_argument("--comm-hook", choices=["mean", "count", "sum", "local"])
+    p.add_argument("--perturb", default="")
+    p.add_argument("--raise-at", type=int, default=None)
+    opts, rest = p.parse_known_args(argv)
+    opts.nan_steps = {int(x) for x in opts.nan_steps.split(",") if x}
+    opts.perturb = tuple(int(x) for x in opts.perturb.split(":")) if opts.perturb else None
+    return opts, [a for a in rest if a != "--"]
 
 
 if __name__ == "__main__":
-    main()
+    opts, train_argv = parse(sys.argv[1:])
+    probe = Probe(opts)
+    cls = make_trainer_cls(opts)
+    cls.probe = probe
+    sys.exit(main(train_argv, trainer_cls=cls, callbacks=[probe]))

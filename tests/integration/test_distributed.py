@@ -1,50 +1,38 @@
-"""Real multi-process runs (accelerate launch, 2 CPU ranks on gloo) and what only they can show."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""Real multi-process runs (accelerate launch, CPU ranks on gloo) and what only they can show."""
 
 import pytest
 import torch
 
-from tests.conftest import REPO, accelerate_bin, free_port
+from tests.helpers import REPO, launch_cmd, run
 
-pytestmark = pytest.mark.timeout(420)
-WORKER = Path(__file__).with_name("ddp_worker.py")
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
+WORKER = str(REPO / "tests" / "integration" / "ddp_worker.py")
 # A small paper-MLP model keeps every run to seconds; no EMA ramp-up so the EMA moves from step 1.
 BASE = ["train.progress=false", "model.width=64", "train.batch_size=40", "train.log_every=3",
-        "train.sample_every=0", "runtime.pg_timeout_s=60", "wandb.mode=disabled"]
+        "train.sample_every=0", "runtime.pg_timeout_s=60", "eval.every=0"]
 
 
-def launch(nproc, run_dir, out, overrides=(), inject=False, config="configs/debug.yaml"):
-    args = [str(WORKER), "--config", config, "--run-dir", str(run_dir), "--out", str(out)]
-    args += ["--inject-noise"] if inject else []
-    args += [*BASE, *overrides]
-    if nproc == 1:
-        cmd = [sys.executable, *args]
-    else:
-        cmd = [accelerate_bin(), "launch", "--config_file", "launch/cpu_debug.yaml", "--num_processes", str(nproc),
-               "--main_process_port", str(free_port()), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
-    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(nproc)], p
+def launch(nproc, tmp, overrides=(), probe=(), config="configs/debug.yaml", check=True):
+    """The worker (distgan.train.main with probes) on ``nproc`` ranks; returns every rank's record (saved
+    after the last step, before the final checkpoint) and the process."""
+    out = tmp / "out"
+    cmd = launch_cmd(nproc, WORKER, "--out", str(out), *probe, "--", "--config", config, "--run-dir", str(tmp / "run"),
+                     *BASE, *overrides)
+    p = run(cmd, check=check)
+    files = [out / f"rank{r}.pt" for r in range(nproc)]
+    return [torch.load(f, weights_only=True) for f in files] if all(f.exists() for f in files) else None, p
 
 
-def assert_same(a: dict, b: dict, exact=True, tol=1e-5):
+def assert_same(a: dict, b: dict):
     assert a.keys() == b.keys()
     for k in a:
-        if exact:
-            assert torch.equal(a[k], b[k]), f"{k} differs"
-        else:
-            torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol, msg=lambda m: f"{k}: {m}")
+        assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
 @pytest.fixture(scope="module")
 def two_rank(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
-    ranks, proc = launch(2, d / "run", d / "out", ["train.max_steps=6", "train.ckpt_every=6", "train.d_steps=2"])
+    ranks, proc = launch(2, d, ["train.max_steps=6", "train.ckpt_every=6", "train.d_steps=2"])
     return d, ranks, proc
 
 
@@ -54,11 +42,18 @@ def test_really_two_ranks_on_gloo(two_rank):
     assert "world size 2 | backend gloo" in proc.stdout
 
 
-def test_replicas_bitwise_identical(two_rank):
+def test_replicas_bitwise_identical_and_the_ema_moves(two_rank):
     _, (r0, r1), _ = two_rank
     for net in ("G", "D", "G_ema"):
         assert_same(r0[net], r1[net])
-    assert any(not torch.equal(v, 0 * v) for v in r0["G_ema"].values())
+    init, ema, g = r0["init"]["G"], r0["G_ema"], r0["G"]
+    params = [k for k in init if k.endswith(("weight", "bias"))]
+    # the EMA left the initial weights, and lags behind G (an EMA that copied G, or never updated, fails)
+    assert all(not torch.equal(ema[k], init[k]) for k in params), "an EMA tensor never moved"
+    assert all(not torch.equal(ema[k], g[k]) for k in params), "the EMA equals G: no averaging"
+    # and it lies between: closer to G than the initial weights are
+    for k in params:
+        assert (ema[k] - g[k]).norm() < (init[k] - g[k]).norm(), k
 
 
 def test_shards_disjoint_and_cover_epoch(two_rank):
@@ -72,6 +67,7 @@ def test_shards_disjoint_and_cover_epoch(two_rank):
 
 def test_noise_differs_between_ranks(two_rank):
     _, (r0, r1), _ = two_rank
+    assert len(r0["noises"]) == 6 * 3
     for a, b in zip(r0["noises"], r1["noises"]):
         assert not torch.equal(a, b)
 
@@ -85,70 +81,135 @@ def test_logged_metrics_are_the_mean_over_ranks(two_rank):
     torch.testing.assert_close(got, mean, rtol=1e-6, atol=1e-6)
 
 
-def test_resume_two_ranks_to_one_and_back(two_rank):
+def test_resume_two_ranks_to_one_and_back(two_rank, tmp_path):
+    import shutil
+
     d, (r0, _), _ = two_rank
-    (one,), p = launch(1, d / "run", d / "out1", ["train.max_steps=8", "train.ckpt_every=8", "train.d_steps=2",
-                                                   "train.resume=auto"])
+    shutil.copytree(d / "run", tmp_path / "run")
+    (one,), p = launch(1, tmp_path, ["train.max_steps=8", "train.ckpt_every=8", "train.d_steps=2", "train.resume=auto"])
     assert one["start_step"] == 6 and one["step"] == 8 and one["world"] == 1
     assert "resumed from" in p.stdout and "at step 6" in p.stdout
-    # and back: 1 rank -> 2 ranks
-    (a, b), p = launch(2, d / "run", d / "out2", ["train.max_steps=10", "train.ckpt_every=10", "train.d_steps=2",
-                                                   "train.resume=auto"])
+    assert_same(one["init"]["G"], r0["G"])  # it started from the 2-rank run's weights
+    (a, b), p = launch(2, tmp_path, ["train.max_steps=10", "train.ckpt_every=10", "train.d_steps=2",
+                                     "train.resume=auto"])
     assert a["start_step"] == b["start_step"] == 8 and a["step"] == 10 and a["world"] == 2
+    assert_same(a["init"]["G"], one["G"])
     assert_same(a["G"], b["G"])
 
 
-# No dropout and no BatchNorm: paper MLP generator, DCGAN discriminator (LeakyReLU only).
-NODROP = ["model.discriminator=dcgan28", "train.max_steps=4", "train.ckpt_every=4", "ema.enabled=false"]
-# Splitting a batch over ranks or micro-steps changes only the order of float sums; Adam divides by
-# sqrt(v), which magnifies that noise for weights whose gradients are near 0 (seen: 1.3e-5 on 1 of
-# 131,072 D weights). A real desynchronisation moves most weights by about lr = 2e-4 per step.
-EQUIV_TOL = 5e-5
+# ------------------------------------------------------------------------------------ equivalences
+# No dropout and no BatchNorm (paper-MLP G, the conv D of dcgan28, both narrow), plain SGD without
+# momentum so an update is lr x gradient: a wrong reduction shows at full size (Adam would nearly hide a
+# sum-instead-of-mean: it divides the gradient's scale out). Noise: slices of one global tensor per update.
+EQUIV = ["model.discriminator=dcgan28", "model.width=8", "ema.enabled=false", "optim.name=sgd", "optim.lr=0.1",
+         "optim.momentum=0", "optim.final_momentum=0"]
+STEPS = ["train.max_steps=2", "train.ckpt_every=2"]
+# Rounding bound for two float32 evaluations of the same gradient that sum in another order (batch 20 in
+# one matmul against two accumulated micro-batches of 10). A sum of n terms computed in two orders differs
+# by at most 2 (n - 1) u sum|terms|, u = 2**-24 (Higham, Accuracy and Stability, eq. 4.4). A gradient
+# element here nests such sums at most L = 8 deep (G's gradient passes D's 4 layers, then G's 3), each of
+# at most N = 8192 terms (the widest: a conv weight gradient sums over batch x 14 x 14 positions, 7,840 at
+# batch 40), and we take the terms of one update to be of the size of its largest element, m. So
+# |delta update| <= 2 L N u m, plus the rounding of p - lr g in each run, u |p| each: 2 u |p|.
+# 2 L N u = 7.8e-3 of the largest update; measured here: 0.02 of that bound for D, 1e-5 for G. A wrong
+# reduction moves elements by a good fraction of m: the negative controls measure 100 to 300 times the bound.
+U = 2.0 ** -24
+ROUNDING = 2 * 8 * 8192 * U
+
+
+def deviation(a: dict, b: dict, init: dict) -> float:
+    """max over tensors and elements of |a - b| / (2 L N u m + 2 u |p|), m = the tensor's largest update in
+    ``b``: below 1 is rounding, above 1 is a real difference."""
+    worst = 0.0
+    for k in b:
+        m = (b[k] - init[k]).abs().max()
+        tol = ROUNDING * m + 2 * U * b[k].abs()
+        worst = max(worst, ((a[k] - b[k]).abs() / tol.clamp_min(1e-30)).max().item())
+    return worst
 
 
 @pytest.fixture(scope="module")
-def one_rank_injected(tmp_path_factory):
-    d = tmp_path_factory.mktemp("one")
-    (r,), _ = launch(1, d / "run", d / "out", NODROP, inject=True)
+def reference(tmp_path_factory):
+    """1 rank, grad_accum 2, micro-batch 20: the same sums, in the same order, as 2 ranks x 20."""
+    (r,), _ = launch(1, tmp_path_factory.mktemp("ref"), [*EQUIV, *STEPS, "train.grad_accum=2"], ["--inject-noise"])
     return r
 
 
-def test_two_ranks_equal_one_rank_with_same_global_batch(tmp_path, one_rank_injected):
-    (r0, r1), _ = launch(2, tmp_path / "run", tmp_path / "out", NODROP, inject=True)
-    assert_same(r0["G"], r1["G"])
-    assert_same(r0["G"], one_rank_injected["G"], exact=False, tol=EQUIV_TOL)
-    assert_same(r0["D"], one_rank_injected["D"], exact=False, tol=EQUIV_TOL)
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """2 ranks x micro-batch 20 under DDP."""
+    ranks, _ = launch(2, tmp_path_factory.mktemp("two"), [*EQUIV, *STEPS], ["--inject-noise", "--comm-hook", "count"])
+    return ranks
 
 
-def test_grad_accumulation_equals_full_batch(tmp_path, one_rank_injected):
-    (r,), _ = launch(1, tmp_path / "run", tmp_path / "out", [*NODROP, "train.grad_accum=2"], inject=True)
-    assert_same(r["G"], one_rank_injected["G"], exact=False, tol=EQUIV_TOL)
-    assert_same(r["D"], one_rank_injected["D"], exact=False, tol=EQUIV_TOL)
+def test_two_ranks_equal_one_rank_with_accumulation_bitwise(reference, two_ranks):
+    """The same per-micro-batch kernels and one pairwise sum of halves (a + b == b + a): exact maths, so
+    the comparison is exact."""
+    r0, r1 = two_ranks
+    for net in ("G", "D"):
+        assert_same(r0[net], r1[net])
+        assert_same(r0[net], reference[net])
 
 
+@pytest.mark.parametrize("wrong", ["sum", "local", "same-slice"])
+def test_two_ranks_negative_controls_fail_the_comparison(reference, tmp_path, wrong):
+    """A deliberately wrong reduction must fail the exact comparison above, and by more than 10x the rounding
+    bound of the tolerance-based comparison below."""
+    probe = ["--inject-noise", *(["--same-slice"] if wrong == "same-slice" else ["--comm-hook", wrong])]
+    (r0, r1), p = launch(2, tmp_path, [*EQUIV, *STEPS], probe, check=wrong != "local")
+    if wrong == "local":  # without an all-reduce the replicas drift apart: the checkpoint's replica check stops it
+        assert p.returncode == 1 and "replicas diverged at step 2" in p.stderr, p.stderr[-2000:]
+        assert any(not torch.equal(r0["D"][k], r1["D"][k]) for k in r0["D"])
+    assert any(not torch.equal(r0["D"][k], reference["D"][k]) for k in reference["D"])
+    assert deviation(r0["D"], reference["D"], reference["init"]["D"]) > 10
+
+
+@pytest.fixture(scope="module")
+def two_ranks_accumulating(tmp_path_factory):
+    """2 ranks x grad_accum 2 x micro-batch 10 (the same global batch of 40): no_sync on the first micro-step."""
+    ranks, _ = launch(2, tmp_path_factory.mktemp("acc"), [*EQUIV, *STEPS, "train.grad_accum=2"],
+                      ["--inject-noise", "--comm-hook", "count"])
+    return ranks
+
+
+def test_grad_accumulation_under_ddp_equals_full_batch(two_ranks_accumulating, two_ranks):
+    a0, a1 = two_ranks_accumulating
+    for net in ("G", "D"):
+        assert_same(a0[net], a1[net])
+        dev = deviation(a0[net], two_ranks[0][net], two_ranks[0]["init"][net])
+        assert dev <= 1.0, f"{net}: {dev:.3g} x the rounding bound"
+    # no_sync: one all-reduce per bucket and update, as without accumulation (not one per micro-step)
+    assert a0["allreduce_calls"] == two_ranks[0]["allreduce_calls"] > 0
+
+
+def test_grad_accumulation_negative_control(two_ranks, tmp_path):
+    (a0, _), _ = launch(2, tmp_path, [*EQUIV, *STEPS, "train.grad_accum=2"], ["--inject-noise", "--comm-hook", "sum"])
+    assert deviation(a0["D"], two_ranks[0]["D"], two_ranks[0]["init"]["D"]) > 10
+
+
+# ------------------------------------------------------------------------------------ other guarantees
 def test_world_size_must_match_what_was_asked(tmp_path):
-    cmd = [sys.executable, str(WORKER), "--run-dir", str(tmp_path / "r"), "--out", str(tmp_path / "o"), *BASE,
-           "runtime.expected_world_size=2"]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0 and "expected_world_size=2 but the process group has 1" in p.stderr
-
-
-def test_global_batch_must_divide(tmp_path):
-    cmd = [accelerate_bin(), "launch", "--config_file", "launch/cpu_debug.yaml", "--main_process_port",
-           str(free_port()), "-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(tmp_path / "r"),
-           "train.batch_size=41", "wandb.mode=disabled"]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, start_new_session=True)
-    assert p.returncode != 0
-    assert "train.batch_size=41 (global) must be divisible by world size 2" in p.stderr
-    assert not (tmp_path / "r").exists()
+    _, p = launch(1, tmp_path, ["runtime.expected_world_size=2"], check=False)
+    assert p.returncode == 2 and "expected_world_size=2 but the process group has 1" in p.stderr
 
 
 def test_conv_gan_with_batchnorm_stays_in_sync(tmp_path):
     """DCGAN (BatchNorm in G) on 2 CPU ranks: parameters and BN statistics identical at the checkpoint.
     (SyncBatchNorm, model.sync_batchnorm=true, is GPU-only in torch; here the statistics are rank 0's.)"""
-    (r0, r1), p = launch(2, tmp_path / "run", tmp_path / "out",
-                         ["model.generator=dcgan28", "model.discriminator=dcgan28", "model.noise=normal",
-                          "model.width=8", "train.max_steps=4", "train.ckpt_every=4", "train.consistency_every=2"])
+    (r0, r1), p = launch(2, tmp_path, ["model.generator=dcgan28", "model.discriminator=dcgan28", "model.noise=normal",
+                                       "model.width=8", "train.max_steps=4", "train.ckpt_every=4",
+                                       "train.consistency_every=2"])
     for net in ("G", "D", "G_ema"):
         assert_same(r0[net], r1[net])
     assert any("running_mean" in k for k in r0["G"])
+
+
+def test_replica_mismatch_stops_the_run_naming_the_tensor(tmp_path):
+    """One rank's weight changed on purpose: the next replica check stops the run (exit 1) and names it."""
+    _, p = launch(2, tmp_path, ["train.max_steps=8", "train.consistency_every=2", "train.ckpt_every=100"],
+                  ["--perturb", "1:3"], check=False)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "replicas diverged at step 4: tensor 'D.h0.linear.weight' differs between rank 0 and rank(s) [1]" in p.stderr
+    import json
+
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
