@@ -238,21 +238,30 @@ def row_data(cfg, steps: int, warmup: int) -> dict:
             "precision": "-", "peak_mem_mb": _peak_mem_mb(torch.device("cpu"))}
 
 
-def _run_row(args) -> None:
+def _measure_row(row: str, config: str, overrides: list[str], steps: int, warmup: int) -> dict:
     from distgan.config import load
 
-    cfg = load(args.config, args.overrides + ["train.progress=false", "wandb.mode=disabled"])
-    fn = {"textbook": row_textbook, "trainer": row_trainer, "data": row_data}[args._row]
-    out = fn(cfg, args.steps, args.warmup)
-    out["gemm_gflops"] = gemm_reference(cfg) if args._row == "textbook" else None
+    cfg = load(config, overrides + ["train.progress=false", "wandb.mode=disabled"])
+    fn = {"textbook": row_textbook, "trainer": row_trainer, "data": row_data}[row]
+    out = fn(cfg, steps, warmup)
+    out["gemm_gflops"] = gemm_reference(cfg) if row == "textbook" else None
     out["torch"] = torch.__version__
     out["threads"] = torch.get_num_threads()
     if torch.cuda.is_available() and not cfg.runtime.cpu:
         out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def _run_row(args) -> None:
+    out = _measure_row(args._row, args.config, args.overrides, args.steps, args.warmup)
     print("BENCH-ROW " + json.dumps(out), flush=True)
 
 
 def _spawn(args, row: str, overrides: list[str]) -> dict:
+    """One row in a fresh process (clean peak memory, no compile cache shared with another row); with
+    ``--quick`` (a check that every row runs, not a measurement) in this process."""
+    if args.quick:
+        return _measure_row(row, args.config, [*args.overrides, *overrides], args.steps, args.warmup)
     cmd = [sys.executable, "-m", "distgan.bench", "--_row", row, "--config", args.config, "--steps", str(args.steps),
            "--warmup", str(args.warmup), *args.overrides, *overrides]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
@@ -270,7 +279,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile", choices=["both", "on", "off"], default="both", help="trainer rows to run")
     p.add_argument("--precision", default="no", help="trainer precision: no, bf16, fp16, auto (default %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is shown")
-    p.add_argument("--quick", action="store_true", help="a few steps, one round: checks that every row runs")
+    p.add_argument("--quick", action="store_true",
+                   help="a few steps, one round, rows in this process: checks that every row runs (no figures to quote)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stream", action="store_true", help="trainer from shards vs from memory (webdataset configs)")
     mode.add_argument("--data-only", action="store_true", help="the shard loader alone (webdataset configs)")

@@ -150,8 +150,8 @@ class RunDir:
             with open(self.path / "runs.jsonl", "a") as f:  # one line per start, so resumes stay visible
                 f.write(json.dumps({**run_metadata(), **meta}) + "\n")
         except OSError as e:
-            raise RunDirError(f"cannot write the run dir {self.path}: {e.strerror or e}; choose a writable "
-                              f"--run-dir") from None
+            raise RunDirError(f"--run-dir {self.path} cannot be written ({e.strerror or e}); choose a writable "
+                              f"path") from None
 
     def write_status(self, state: str, step: int, exit_code: int | None = None) -> None:
         """RUN/status.json: what the run is doing or how it ended; read by slurm/run.sh and users."""

@@ -105,7 +105,9 @@ def maybe_compile(module: nn.Module, cfg: Config) -> nn.Module:
         import torch._inductor.config as inductor_config
 
         inductor_config.fallback_random = True
-    return torch.compile(module, mode=None if cfg.compile.mode == "default" else cfg.compile.mode)
+    # dynamic=False: D sees two batch sizes (2B real+fake in its phase, B in G's); with dynamic shapes the
+    # second would trigger a recompile into a slower symbolic-shape graph. Two static graphs instead.
+    return torch.compile(module, mode=None if cfg.compile.mode == "default" else cfg.compile.mode, dynamic=False)
 
 
 class RankZero:

@@ -48,8 +48,11 @@ def debug_run(tmp_path_factory, data_dir):
 
 @pytest.fixture
 def copy_run(tmp_path):
+    made = []
+
     def copy(run_dir: Path) -> Path:
-        dst = tmp_path / run_dir.name
+        made.append(run_dir)
+        dst = tmp_path / f"copy{len(made)}" / run_dir.name
         shutil.copytree(run_dir, dst)
         return dst
 

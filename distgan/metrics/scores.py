@@ -71,21 +71,28 @@ def histogram_stats(hist: torch.Tensor) -> dict:
             "mode_min_share": q.min().item(), "mode_max_share": q.max().item()}
 
 
-def _kth_radii(feats: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each point to its k-th nearest neighbour in the same set (itself excluded)."""
-    d2 = sq_dists(feats, feats)
-    d2.fill_diagonal_(float("inf"))
-    return d2.kthvalue(k, dim=1).values.sqrt()
+def kth_radii(feats: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """Distance from each point to its k-th nearest neighbour in the same set (itself excluded), ``chunk``
+    rows at a time (the whole float64 matrix of a 10,000-image set would take 800 MB)."""
+    out = []
+    for i in range(0, feats.shape[0], chunk):
+        d2 = sq_dists(feats[i:i + chunk], feats)
+        rows = torch.arange(d2.shape[0])
+        d2[rows, rows + i] = float("inf")
+        out.append(d2.topk(k, dim=1, largest=False).values[:, -1])
+    return torch.cat(out).sqrt()
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 2048) -> dict:
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 2048,
+                     real_radii: torch.Tensor | None = None) -> dict:
     """Improved precision/recall (k-NN balls around each set) plus density and coverage.
 
     precision: share of fakes inside some real k-NN ball. recall: share of reals inside some fake
     k-NN ball. density: mean over fakes of (number of real balls containing it) / k. coverage: share
     of reals whose own ball contains at least one fake.
     """
-    r_real, r_fake = _kth_radii(real, k), _kth_radii(fake, k)
+    r_real = kth_radii(real, k) if real_radii is None else real_radii  # fixed for a reference set: cacheable
+    r_fake = kth_radii(fake, k)
     inside_real = torch.zeros(fake.shape[0], dtype=torch.bool)  # fake j in some real ball
     density_count = torch.zeros(fake.shape[0], dtype=torch.float64)
     covered = torch.zeros(real.shape[0], dtype=torch.bool)  # real i's ball holds some fake

@@ -110,7 +110,8 @@ def compute(images_u8: torch.Tensor, metrics=FAST, data_root: str = "data", feat
         if "modes" in metrics:
             out.update(scores.mode_coverage(probs))
         if "pr" in metrics:
-            out.update(scores.precision_recall(ref_feats, feats, k=3))
+            radii = _cached(f"radii3-{reference}-{_classifier_tag()}", lambda: scores.kth_radii(ref_feats, 3))
+            out.update(scores.precision_recall(ref_feats, feats, k=3, real_radii=radii))
     if "parzen" in metrics or "nn" in metrics:
         from distgan.data.mnist import load_split
         from distgan.metrics.parzen import nearest_neighbour_check, parzen
@@ -131,28 +132,33 @@ def compute(images_u8: torch.Tensor, metrics=FAST, data_root: str = "data", feat
 def _cached_nearest(train: torch.Tensor, held_out: torch.Tensor) -> torch.Tensor:
     """Distances from each held-out image to its nearest training image (fixed for a dataset: the costly
     half of the memorisation check), cached like the reference features."""
-    from safetensors.torch import load_file, save_file
-
     from distgan.metrics.parzen import nearest_distances
 
     h = hashlib.sha256()
     for t in (train, held_out):
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes())
-    path = _cache_dir() / f"nearest-{h.hexdigest()[:16]}.safetensors"
+    return _cached(f"nearest-{h.hexdigest()[:16]}", lambda: nearest_distances(held_out, train))
+
+
+def _cached(name: str, compute) -> torch.Tensor:
+    """A tensor from ``$DISTGAN_CACHE_DIR/name.safetensors``, computed and stored on a miss."""
+    from safetensors.torch import load_file, save_file
+
+    path = _cache_dir() / f"{name}.safetensors"
     if path.exists():
         try:
-            return load_file(str(path))["d"]
+            return load_file(str(path))["t"]
         except Exception:  # a damaged cache is recomputed, never trusted
             pass
-    d = nearest_distances(held_out, train)
+    t = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            save_file({"d": d.contiguous()}, str(tmp))
+            save_file({"t": t.contiguous()}, str(tmp))
     except OSError:
         pass  # a read-only cache dir only costs recomputation
-    return d
+    return t
 
 
 def stacked_mnist_modes(images_u8: torch.Tensor) -> dict:

@@ -3,7 +3,10 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
+
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(600)

@@ -1,34 +1,21 @@
-"""configs/debug.yaml on real MNIST, as a user runs it: train, checkpoints, W&B offline, sample, resume."""
+"""configs/debug.yaml on real MNIST, as a user runs it: train, checkpoints, W&B offline, sample, resume.
+The run itself is the session fixture ``debug_run`` (tests/conftest.py)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
+from tests.helpers import call, launch_cmd, module, run as run_cmd
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 
 def run(args, env_extra=None, check=True):
-    env = {**os.environ, **(env_extra or {})}
-    p = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{args} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
-    return p
-
-
-@pytest.fixture(scope="module")
-def debug_run(tmp_path_factory, data_dir):
-    run_dir = tmp_path_factory.mktemp("e2e") / "dbg"
-    p = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.progress=false"],
-            {"WANDB_MODE": "offline"})
-    return run_dir, p
+    """A CLI in this process (tests/helpers.call); runs that need their own process use module()."""
+    return call(*args, env=env_extra, check=check)
 
 
 def test_checkpoints_exist_and_load(debug_run):
@@ -110,6 +97,7 @@ def test_in_training_eval_keeps_best(debug_run):
     for r in rows:
         assert r["eval/fd"] > 0 and 1 <= r["eval/modes"] <= 10 and 1 <= r["eval/cs"] <= 10
     assert "[distgan] eval step 20: fd" in proc.stdout
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
     best = run_dir / "checkpoints" / "best"
     manifest = verify(best)
     winner = min(rows, key=lambda r: r["eval/fd"])
@@ -133,23 +121,35 @@ def test_evaluate_all_feature_metrics(debug_run, tmp_path):
 
 
 def test_distributed_evaluate_equals_one_process(debug_run, tmp_path):
-    from tests.conftest import accelerate_bin, free_port
-
     run_dir, _ = debug_run
     ckpt = str(run_dir / "checkpoints" / "step-000000040")
     args = ["--checkpoint", ckpt, "--num", "1000", "--block", "250", "--metrics", "fd,cs,modes,pr,nn"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = run(["distgan.evaluate", *args, "--json", str(tmp_path / "one.json")], env)
-    cmd = [accelerate_bin(), "launch", "--config_file", "launch/cpu_debug.yaml", "--num_processes", "2",
-           "--main_process_port", str(free_port()), "-m", "distgan.evaluate", *args, "--json", str(tmp_path / "two.json")]
-    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240, start_new_session=True)
-    assert p.returncode == 0, p.stderr[-3000:]
+    one = module("distgan.evaluate", *args, "--json", str(tmp_path / "one.json"))
+    run_cmd(launch_cmd(2, "-m", "distgan.evaluate", *args, "--json", str(tmp_path / "two.json")), timeout=240)
     a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert a["world_size"] == 1 and b["world_size"] == 2
     for k in ("eval_seconds", "world_size"):
         a.pop(k), b.pop(k)
     assert a == b
     assert one.stdout.count("fd ") == 1
+
+
+def test_model_selection_uses_the_validation_split(debug_run, data_dir):
+    """The in-training FD is the FD against train[50000:60000], not against the test set."""
+    from distgan.config import build
+    from distgan.evaluate import assemble, generate_blocks
+    from distgan.metrics import suite
+    from distgan.sample import load_generator
+
+    run_dir, _ = debug_run
+    logged = eval_rows(run_dir)[-1]
+    assert logged["step"] == 40
+    G, cfg, _ = load_generator(run_dir / "checkpoints" / "step-000000040")
+    e = build(json.loads((run_dir / "checkpoints" / "step-000000040" / "manifest.json").read_text())["config"]).eval
+    images, feats, probs = assemble(generate_blocks(G, cfg, e.num, e.seed, block=e.block))
+    valid = suite.compute(images, ("fd",), data_dir, feats, probs, reference="valid")["fd"]
+    test = suite.compute(images, ("fd",), data_dir, feats, probs, reference="test")["fd"]
+    assert logged["eval/fd"] == pytest.approx(valid, rel=1e-9) and valid != pytest.approx(test, rel=1e-3)
 
 
 def test_report_png(debug_run, tmp_path):
@@ -182,13 +182,13 @@ def test_latent_walk_gif(debug_run, tmp_path):
     assert bad.returncode == 2 and ".gif" in bad.stderr
 
 
-def test_resume_continues_from_saved_step(debug_run):
-    run_dir, _ = debug_run
+def test_resume_continues_from_saved_step(debug_run, copy_run):
+    run_dir = copy_run(debug_run[0])
     refused = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir),
                    "train.max_steps=50"], check=False)
     assert refused.returncode == 2 and "already holds a run" in refused.stderr
-    p = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.max_steps=50",
-             "train.resume=auto", "train.progress=false"], {"WANDB_MODE": "offline"})
+    p = module("distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.max_steps=50",
+               "train.resume=auto", "train.progress=false", "eval.every=0", env={"WANDB_MODE": "offline"})
     assert "at step 40" in p.stdout
     rows = [r for x in (run_dir / "metrics.jsonl").read_text().splitlines() if "loss/D" in (r := json.loads(x))]
     assert [r["step"] for r in rows][-1] == 50 and [r["step"] for r in rows].count(40) == 1
@@ -197,6 +197,17 @@ def test_resume_continues_from_saved_step(debug_run):
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)
+    starts = [json.loads(x) for x in (run_dir / "runs.jsonl").read_text().splitlines()]
+    assert [s["resumed_at_step"] for s in starts] == [None, 40]
+
+
+def test_allowed_change_on_resume_is_recorded(debug_run, copy_run):
+    run_dir = copy_run(debug_run[0])
+    p = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.max_steps=42",
+             "train.resume=auto", "train.progress=false", "eval.every=0", "train.seed=7", "train.allow_changed=train.seed"])
+    assert "accepted on resume (train.allow_changed): train.seed 0 -> 7" in p.stdout
+    last = json.loads((run_dir / "runs.jsonl").read_text().splitlines()[-1])
+    assert last["changed_on_resume"] == {"train.seed": [0, 7]} and last["resumed_at_step"] == 40
 
 
 def test_dry_run_prints_resolved_config(tmp_path):

@@ -1,11 +1,13 @@
-"""Fault injection on real processes: SIGKILL + exact resume, SIGTERM, corrupted checkpoints, NaNs, bad input."""
+"""Fault injection on real processes: exit codes, SIGKILL + exact resume, SIGTERM, corrupted checkpoints,
+NaNs, a full disk, and bad input that must leave everything as it was."""
 
-import hashlib
+import gzip
 import json
 import os
+import resource
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,30 +15,29 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, accelerate_bin, free_port
+from tests.helpers import QUIET, REPO, call, launch_cmd, run, train, train_here, tree_snapshot
 
-pytestmark = pytest.mark.timeout(420)
-WORKER = Path(__file__).with_name("ddp_worker.py")
-QUIET = ["train.progress=false", "wandb.mode=disabled", "train.sample_every=0", "runtime.pg_timeout_s=60"]
-
-
-def train_cmd(nproc, run_dir, overrides):
-    args = ["-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), *QUIET, *overrides]
-    if nproc == 1:
-        return [sys.executable, *args]
-    return [accelerate_bin(), "launch", "--config_file", "launch/cpu_debug.yaml", "--num_processes", str(nproc),
-            "--main_process_port", str(free_port()), *args]
+pytestmark = [pytest.mark.timeout(420)]
+WORKER = str(REPO / "tests" / "integration" / "ddp_worker.py")
+SMALL = ["model.width=64"]  # the paper's MLP at width 64: checkpoints of 1 MB, not 55
 
 
-def run(cmd, env=None, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-                          start_new_session=True)
+def worker(run_dir, out, *overrides, probe=(), nproc=1, check=True, env=None):
+    cmd = launch_cmd(nproc, WORKER, "--out", str(out), *probe, "--", "--config", "configs/debug.yaml", "--run-dir",
+                     str(run_dir), *QUIET, *SMALL, *overrides)
+    return run(cmd, check=check, env=env)
 
 
-def ok(p):
-    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    return p
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A finished 20-step run with checkpoints at steps 10 and 20 (read-only: tests copy it to change it)."""
+    run_dir = tmp_path_factory.mktemp("small") / "run"
+    train(run_dir, *SMALL, "train.max_steps=20", "train.ckpt_every=10", "train.log_every=5")
+    return run_dir
 
 
 def kill_tree(proc):
@@ -51,11 +52,6 @@ def kill_tree(proc):
     psutil.wait_procs(family, timeout=30)
 
 
-def tree_snapshot(d: Path) -> dict:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
-            if p.is_file()}
-
-
 def assert_checkpoints_identical(a: Path, b: Path):
     for name in ("G.safetensors", "D.safetensors", "G_ema.safetensors"):
         sa, sb = load_file(str(a / name)), load_file(str(b / name))
@@ -64,20 +60,24 @@ def assert_checkpoints_identical(a: Path, b: Path):
             assert torch.equal(sa[k], sb[k]), f"{name}:{k} differs"
     ta, tb = (torch.load(x / "state.pt", weights_only=True) for x in (a, b))
     for opt in ("opt_G", "opt_D"):
+        assert ta[opt]["state"].keys() == tb[opt]["state"].keys()
         for pid, st in ta[opt]["state"].items():
             for k, v in st.items():
                 assert torch.equal(v, tb[opt]["state"][pid][k]), f"{opt}[{pid}].{k} differs"
 
 
+# ------------------------------------------------------------------------------------ exit codes
+@pytest.mark.slow
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_exact_resume_after_sigkill(tmp_path, nproc):
     n = 8
-    common = [f"train.max_steps={2 * n}", f"train.ckpt_every={n}", "train.keep_last=5"]
-    ok(run(train_cmd(nproc, tmp_path / "straight", common)))
+    common = [*SMALL, f"train.max_steps={2 * n}", f"train.ckpt_every={n}", "train.keep_last=5"]
+    train(tmp_path / "straight", *common, nproc=nproc)
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(train_cmd(nproc, killed, common), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+    cmd = launch_cmd(nproc, "-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(killed), *QUIET,
+                     *common, "train.log_every=1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 240
@@ -87,19 +87,22 @@ def test_exact_resume_after_sigkill(tmp_path, nproc):
         time.sleep(0.01)
     kill_tree(proc)
     assert latest.read_text().strip() == f"step-{n:09d}", "the run was not killed between its two checkpoints"
+    assert status(killed)["state"] == "running"  # what a SIGKILL leaves: no process lived to say otherwise
 
-    p = ok(run(train_cmd(nproc, killed, [*common, "train.resume=auto"])))
+    p = train(killed, *common, "train.resume=auto", nproc=nproc)
     assert f"at step {n}" in p.stdout, p.stdout
     last = f"step-{2 * n:09d}"
     assert_checkpoints_identical(tmp_path / "straight" / "checkpoints" / last, killed / "checkpoints" / last)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_75(tmp_path):
     run_dir = tmp_path / "r"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(train_cmd(1, run_dir, ["train.max_steps=400", "train.ckpt_every=1000", "train.log_every=5",
-                                                   "train.stop_check_every=5"]),
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = launch_cmd(1, "-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), *QUIET,
+                     *SMALL, "train.max_steps=100000", "train.ckpt_every=100000", "train.log_every=5",
+                     "train.stop_check_every=5")
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
@@ -109,57 +112,87 @@ def test_sigterm_checkpoints_and_exits_75(tmp_path):
     assert proc.returncode == 75, err[-2000:]
     stopped_at = json.loads((run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
                              / "manifest.json").read_text())["step"]
-    assert 10 <= stopped_at < 400 and stopped_at % 5 == 0
+    assert 10 <= stopped_at < 100000 and stopped_at % 5 == 0
     assert f"stopped on signal SIGTERM at step {stopped_at}" in out
-    p = ok(run(train_cmd(1, run_dir, ["train.max_steps=" + str(stopped_at + 5), "train.resume=auto",
-                                      "train.ckpt_every=1000"])))
+    assert status(run_dir) | {"pid": 0, "time": ""} == {"state": "stopped", "step": stopped_at, "exit_code": 75,
+                                                         "pid": 0, "time": ""}
+    p = train(run_dir, *SMALL, f"train.max_steps={stopped_at + 5}", "train.resume=auto", "train.ckpt_every=1000")
     assert f"at step {stopped_at}" in p.stdout
+    assert status(run_dir)["state"] == "finished" and status(run_dir)["exit_code"] == 0
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("t") / "run"
-    ok(run(train_cmd(1, run_dir, [])))  # checkpoints at 20 and 40
-    return run_dir
+@pytest.mark.slow
+def test_diverged_run_exits_3_from_the_real_entry_point(tmp_path):
+    """optim.lr=1e30: the first update throws the weights to ~1e30, the next forward overflows."""
+    p = train(tmp_path / "r", *SMALL, "optim.lr=1e30", "train.nonfinite=stop", "train.log_every=2",
+              "train.max_steps=10", check=False)
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert "distgan: Diverged: non-finite gradients by step 2" in p.stderr and "Traceback" not in p.stderr
+    assert status(tmp_path / "r")["state"] == "diverged" and status(tmp_path / "r")["exit_code"] == 3
+    assert not (tmp_path / "r" / "checkpoints").exists(), "a checkpoint was written from a diverged state"
 
 
-def _flip(path: Path):
-    data = bytearray(path.read_bytes())
+@pytest.mark.slow
+def test_unexpected_failure_exits_1_and_says_failed(tmp_path):
+    p = worker(tmp_path / "r", tmp_path / "o", "train.max_steps=10", probe=["--raise-at", "3"], check=False)
+    assert p.returncode == 1 and "RuntimeError: injected failure after step 3" in p.stderr
+    assert status(tmp_path / "r") | {"pid": 0, "time": ""} == {"state": "failed", "step": 3, "exit_code": 1,
+                                                               "pid": 0, "time": ""}
+
+
+@pytest.mark.slow
+def test_codes_under_accelerate_launch_collapse_to_1_status_json_keeps_them(tmp_path):
+    """What the README promises for multi-process launches: the launcher exits 1 for every failure, the
+    message is printed once, and RUN/status.json holds the state and distgan's own code."""
+    p = train(tmp_path / "d", *SMALL, "optim.lr=1e30", "train.nonfinite=stop", "train.log_every=2",
+              "train.max_steps=10", nproc=2, check=False)
+    assert p.returncode == 1
+    assert p.stderr.count("distgan: Diverged: non-finite gradients by step 2") == 1
+    assert status(tmp_path / "d")["state"] == "diverged" and status(tmp_path / "d")["exit_code"] == 3
+    bad = train(tmp_path / "b", "train.max_steps=many", nproc=2, check=False)
+    assert bad.returncode == 1 and bad.stderr.count("train.max_steps='many' must be an integer") == 1
+    assert not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------------------ damage and NaNs
+def test_corrupt_checkpoint_auto_falls_back_explicit_fails(small_run, copy_run, tmp_path):
+    run_dir = copy_run(small_run)
+    bad = run_dir / "checkpoints" / "step-000000020"
+    data = bytearray((bad / "G.safetensors").read_bytes())
     data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def test_corrupt_checkpoint_auto_falls_back_explicit_fails(trained, tmp_path):
-    import shutil
-
-    run_dir = tmp_path / "run"
-    shutil.copytree(trained, run_dir)
-    bad = run_dir / "checkpoints" / "step-000000040"
-    _flip(bad / "G.safetensors")
-    p = run(train_cmd(1, run_dir, [f"train.resume={bad}", "train.max_steps=50"]))
+    (bad / "G.safetensors").write_bytes(bytes(data))
+    p = train_here(run_dir, *SMALL, f"train.resume={bad}", "train.max_steps=30", check=False)
     assert p.returncode == 2
     assert str(bad / "G.safetensors") in p.stderr and "sha256" in p.stderr
-    p = ok(run(train_cmd(1, run_dir, ["train.resume=auto", "train.max_steps=45"])))
-    assert "skipping bad checkpoint" in p.stdout and "step-000000020 at step 20" in p.stdout
+    p = train_here(run_dir, *SMALL, "train.resume=auto", "train.max_steps=25")
+    assert "skipping bad checkpoint" in p.stdout and "step-000000010 at step 10" in p.stdout
 
-    trunc = tmp_path / "run2"
-    shutil.copytree(trained, trunc)
-    g = trunc / "checkpoints" / "step-000000040" / "D.safetensors"
-    g.write_bytes(g.read_bytes()[:100])
-    p = run([sys.executable, "-m", "distgan.sample", "--checkpoint", str(g.parent), "--out", str(tmp_path / "x.npz")])
+    trunc = copy_run(small_run) / "checkpoints" / "step-000000020" / "D.safetensors"
+    trunc.write_bytes(trunc.read_bytes()[:100])
+    p = call("distgan.sample", "--checkpoint", str(trunc.parent), "--out", str(tmp_path / "x.npz"), check=False)
     assert p.returncode == 2 and "truncated" in p.stderr and not (tmp_path / "x.npz").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["skip", "stop"])
 def test_nan_in_d_loss(tmp_path, policy):
     run_dir = tmp_path / "r"
-    cmd = [sys.executable, str(WORKER), "--run-dir", str(run_dir), "--out", str(tmp_path / "o"), "--nan-steps", "6",
-           *QUIET, "train.max_steps=12", "train.ckpt_every=5", "train.log_every=4", f"train.nonfinite={policy}"]
-    p = run(cmd)
+    p = worker(run_dir, tmp_path / "o", "train.max_steps=12", "train.ckpt_every=5", "train.log_every=4",
+               f"train.nonfinite={policy}", probe=["--nan-steps", "6"], check=False)
     if policy == "skip":
-        ok(p)
+        assert p.returncode == 0, p.stderr[-2000:]
         out = torch.load(tmp_path / "o" / "rank0.pt", weights_only=True)
-        assert all(torch.isfinite(v).all() for net in ("G", "D", "G_ema") for v in out[net].values())
+        # the skipped update left D, its Adam moments and its step count bitwise as they were
+        before, after = out["snapshots"][6], out["snapshots"][7]
+        for k, v in before["D"].items():
+            assert torch.equal(v, after["D"][k]), k
+        assert before["opt_D"]["state"].keys() == after["opt_D"]["state"].keys()
+        for pid, st in before["opt_D"]["state"].items():
+            for k, v in st.items():
+                assert torch.equal(v, after["opt_D"]["state"][pid][k]), f"opt_D[{pid}].{k}"
+        assert int(before["opt_D"]["state"][0]["step"]) == 6
+        # ... while the step before it and the one after it did update D
+        assert any(not torch.equal(v, out["D"][k]) for k, v in after["D"].items())
         rows = [r for x in (run_dir / "metrics.jsonl").read_text().splitlines() if "skipped/D" in (r := json.loads(x))]
         assert rows[-1]["skipped/D"] == 1 and rows[-1]["skipped/G"] == 0
         assert (run_dir / "checkpoints" / "step-000000012").exists()
@@ -169,27 +202,136 @@ def test_nan_in_d_loss(tmp_path, policy):
         assert [c.name for c in sorted((run_dir / "checkpoints").glob("step-*"))] == ["step-000000005"]
 
 
+@pytest.mark.slow
 def test_skip_streak_stops_the_run(tmp_path):
-    cmd = [sys.executable, str(WORKER), "--run-dir", str(tmp_path / "r"), "--out", str(tmp_path / "o"),
-           "--nan-steps", "2,3,4,5,6", *QUIET, "train.max_steps=12", "train.log_every=4", "train.max_skip_streak=3"]
-    p = run(cmd)
+    p = worker(tmp_path / "r", tmp_path / "o", "train.max_steps=12", "train.log_every=4", "train.max_skip_streak=3",
+               probe=["--nan-steps", "2,3,4,5,6"], check=False)
     assert p.returncode == 3, p.stderr[-2000:]
     assert "stopping: 5 consecutive steps with skipped updates (train.max_skip_streak=3)" in p.stderr
 
 
-@pytest.mark.parametrize("overrides, env, message", [
-    (["train.bogus=1"], {}, "unknown config key train.bogus"),
-    (["train.max_steps=many"], {}, "train.max_steps='many' must be an integer"),
-    (["train.batch_size=101", "train.grad_accum=2"], {}, "must be divisible by world size 1 x train.grad_accum 2"),
-    (["data.download=false"], {"DISTGAN_DATA_DIR": "/nonexistent/mnist"}, "DISTGAN_DATA_DIR"),
-    (["model.width=64"], {}, "tensor 'net.0.weight' has shape [1200, 100] in the checkpoint but [64, 100]"),
-    (["train.max_steps=60"], {}, "already holds a run"),
-])
-def test_bad_input_clear_error_nothing_changed(trained, overrides, env, message):
-    before = tree_snapshot(trained)
-    resume = [] if "already holds a run" in message else ["train.resume=auto"]
-    p = run(train_cmd(1, trained, [*resume, *overrides]), env=env)
+@pytest.mark.slow
+def test_full_disk_keeps_the_previous_checkpoint(small_run, copy_run):
+    """A file-size limit below one checkpoint file stands in for a full disk (the write fails with EFBIG)."""
+    run_dir = copy_run(small_run)
+    ckpts = run_dir / "checkpoints"
+    before = {p.name: tree_snapshot(p) for p in ckpts.iterdir() if p.is_dir()}
+    limit = 200_000  # G.safetensors at width 64 is about 280 kB; metrics and status lines are far below
+
+    def limit_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = launch_cmd(1, "-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), *QUIET,
+                     *SMALL, "train.resume=auto", "train.max_steps=30", "train.ckpt_every=10")
+    p = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                       timeout=300, preexec_fn=limit_size)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "writing checkpoint step-000000030" in p.stderr and "File too large" in p.stderr
+    assert "checkpoints/latest still names step-000000020" in p.stderr and "Traceback" not in p.stderr
+    assert (ckpts / "latest").read_text().strip() == "step-000000020"
+    assert {p.name: tree_snapshot(p) for p in ckpts.iterdir() if p.is_dir()} == before
+    assert not list(ckpts.glob(".tmp-*")) and not list(run_dir.glob(".*.tmp-*"))
+    assert status(run_dir)["state"] == "failed" and status(run_dir)["exit_code"] == 2
+
+
+# ------------------------------------------------------------------------------------ bad input
+def _unwritable(tmp_path: Path) -> Path:
+    """A directory path that cannot be created: a read-only directory, or (as root, who ignores modes) sysfs."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        return ro / "run"
+    return Path("/sys/distgan-test-run")
+
+
+def _truncated_gz(tmp_path: Path, data_dir: str) -> dict:
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    src = Path(data_dir) / "MNIST" / "raw"
+    for f in src.iterdir():
+        if f.name.startswith(("t10k", "train-labels")):
+            (raw / f.name).symlink_to(f)
+    blob = gzip.compress((src / "train-images-idx3-ubyte").read_bytes()[:200_000])
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(blob[: len(blob) // 2])
+    return {"DISTGAN_DATA_DIR": str(tmp_path / "mnist")}
+
+
+BAD_INPUT = [
+    # id, overrides, message
+    ("unknown-key", ["train.bogus=1"], "unknown config key train.bogus"),
+    ("type", ["train.max_steps=many"], "train.max_steps='many' must be an integer"),
+    ("nan", ["optim.lr=nan"], "optim.lr=nan must be a finite number"),
+    ("inf", ["ema.halflife_images=inf"], "ema.halflife_images=inf must be a finite number"),
+    ("indivisible", ["train.batch_size=101", "train.grad_accum=2"],
+     "must be divisible by world size 1 x train.grad_accum 2"),
+    ("batch", ["train.batch_size=50"], "train.batch_size 100 -> 50"),
+    ("k", ["train.d_steps=2"], "train.d_steps 1 -> 2"),
+    ("seed", ["train.seed=1"], "train.seed 0 -> 1"),
+    ("model", ["model.width=32"], "model.width 64 -> 32. Resume with the checkpoint's values, or continue on purpose "
+                                  "with train.allow_changed=model.width"),
+    ("shape", ["model.width=32", "train.allow_changed=model.width"],
+     "tensor 'net.0.weight' has shape [64, 100] in the checkpoint but [32, 100]"),
+    ("class", ["model.discriminator=dcgan28", "train.allow_changed=model.discriminator"],
+     "does not fit the model of this config: missing ['fc.0.bias'"),
+    ("data", ["data.dataset=webdataset", "data.urls=/nonexistent/s-{0..1}.tar"], "data.dataset 'mnist' -> 'webdataset'"),
+    ("already", ["train.resume=no"], "already holds a run"),
+    ("no-path", ["train.resume=/nonexistent/run"], "checkpoint path /nonexistent/run does not exist"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", [b[1:] for b in BAD_INPUT], ids=[b[0] for b in BAD_INPUT])
+def test_bad_input_clear_error_nothing_changed(small_run, overrides, message):
+    before = tree_snapshot(small_run)
+    p = train_here(small_run, *SMALL, "train.resume=auto", *overrides, check=False)
     assert p.returncode == 2, p.stderr[-2000:]
     assert message in p.stderr
-    assert "Traceback" not in p.stderr
-    assert tree_snapshot(trained) == before
+    assert p.stderr.count("distgan: ") == 1
+    assert tree_snapshot(small_run) == before
+
+
+@pytest.mark.parametrize("damage", ["latest-missing", "manifest-json", "manifest-explicit"])
+def test_damaged_run_dir_is_refused(small_run, copy_run, damage):
+    run_dir = copy_run(small_run)
+    ckpts = run_dir / "checkpoints"
+    resume = "auto"
+    if damage == "latest-missing":
+        shutil.rmtree(ckpts / "step-000000020")
+        message = "latest names 'step-000000020', which is not a checkpoint directory (removed?); the newest one"
+    else:
+        (ckpts / "step-000000020" / "manifest.json").write_text("{not json")
+        if damage == "manifest-explicit":
+            resume, message = str(ckpts / "step-000000020"), "manifest.json is not valid JSON"
+        else:  # auto falls back to the previous good checkpoint, saying so
+            message = None
+    before = tree_snapshot(run_dir)
+    p = train_here(run_dir, *SMALL, f"train.resume={resume}", "train.max_steps=25", check=False)
+    if message is None:
+        assert p.returncode == 0 and "skipping bad checkpoint" in p.stdout and "at step 10" in p.stdout
+        return
+    assert p.returncode == 2 and message in p.stderr, p.stderr[-2000:]
+    assert tree_snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("case", ["run-dir-is-a-file", "run-dir-unwritable", "truncated-gz", "missing-data"])
+def test_bad_environment_clear_error_nothing_written(tmp_path, data_dir, case):
+    env, run_dir = {}, tmp_path / "r"
+    if case == "run-dir-is-a-file":
+        run_dir.write_text("not a directory")
+        message = "is a file, not a directory"
+    elif case == "run-dir-unwritable":
+        run_dir = _unwritable(tmp_path)
+        message = "cannot be written"
+    elif case == "truncated-gz":
+        env = _truncated_gz(tmp_path, data_dir)
+        message = "train-images-idx3-ubyte.gz is truncated or not valid gzip"
+    else:
+        env = {"DISTGAN_DATA_DIR": str(tmp_path / "empty")}
+        message = "train-images-idx3-ubyte"
+    p = train_here(run_dir, *SMALL, "data.download=false", env=env, check=False)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert message in p.stderr and p.stderr.count("distgan: ") == 1
+    if case == "run-dir-is-a-file":
+        assert run_dir.read_text() == "not a directory"
+    else:
+        assert not run_dir.exists()

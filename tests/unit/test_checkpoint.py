@@ -88,3 +88,35 @@ def test_state_loads_without_executing_code(tmp_path):
     torch.save({"x": Evil()}, path / "state.pt")
     with pytest.raises(C.CheckpointError, match="safely"):
         C.load_state(path)
+
+
+def test_failed_write_leaves_previous_checkpoint_and_latest(tmp_path):
+    """A file-size limit (what a full disk looks like to the writer: EFBIG/ENOSPC) in the middle of a write."""
+    import resource
+
+    net = nn.Linear(256, 256)
+    good = _write(tmp_path, 1, net)
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))  # below G.safetensors (263 kB)
+    try:
+        with pytest.raises(C.CheckpointError, match="writing checkpoint step-000000002 .* failed: .*latest still "
+                                                    "names step-000000001"):
+            _write(tmp_path, 2, net)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000000001"]  # no .tmp-* left
+    assert (tmp_path / "latest").read_text().strip() == "step-000000001"
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == before
+
+
+def test_latest_naming_a_missing_checkpoint_is_an_error(tmp_path):
+    net = nn.Linear(2, 2)
+    _write(tmp_path, 1, net)
+    _write(tmp_path, 2, net)
+    import shutil
+
+    shutil.rmtree(tmp_path / C.step_dirname(2))
+    with pytest.raises(C.CheckpointError, match="names 'step-000000002', which is not a checkpoint directory .* "
+                                                "the newest one present is step-000000001"):
+        C.find_latest_good(tmp_path)

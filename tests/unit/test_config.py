@@ -54,6 +54,11 @@ def test_precedence_cli_over_env_over_yaml(tmp_path):
     (["ema.enabled=maybe"], "ema.enabled='maybe' must be a boolean"),
     (["optim.betas=[0.5]"], "optim.betas"),
     (["optim.lr_decay=0.9"], "optim.lr_decay=0.9 must be >= 1"),
+    (["optim.lr=nan"], "optim.lr=nan must be a finite number"),
+    (["optim.lr=inf"], "optim.lr=inf must be a finite number"),
+    (["optim.betas=[0.5,nan]"], "optim.betas[1]=nan must be a finite number"),
+    (["loss.r1_gamma=-inf"], "loss.r1_gamma=-inf must be a finite number"),
+    (["train.allow_changed=optim.lr"], "train.allow_changed: 'optim.lr' is not an identity key"),
     (["max_steps=3"], "must look like section.key=value"),
     (["train.max_steps"], "must look like section.key=value"),
 ])
@@ -83,3 +88,32 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load(None, ["train.max_steps=5", "optim.betas=[0.1,0.2]"], env={})
     again = build(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
+
+
+def test_every_float_key_refuses_nan_from_yaml(tmp_path):
+    """YAML spells NaN .nan: the same refusal as on the command line, for any float key."""
+    import dataclasses
+    import typing
+
+    from distgan.config import Config
+
+    floats = [f"{s.name}.{f.name}" for s in dataclasses.fields(Config)
+              for f in dataclasses.fields(typing.get_type_hints(Config)[s.name]) if f.type in (float, "float")]
+    assert len(floats) >= 10
+    for key in floats:
+        section, name = key.split(".")
+        y = tmp_path / "c.yaml"
+        y.write_text(f"{section}:\n  {name}: .nan\n")
+        with pytest.raises(ConfigError, match=f"{key}=nan must be a finite number"):
+            load(y, env={})
+
+
+def test_wandb_mode_environment_sits_between_yaml_and_command_line(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("wandb:\n  mode: online\n")
+    assert load(y, env={}).wandb.mode == "online"
+    assert load(y, env={"WANDB_MODE": "offline"}).wandb.mode == "offline"
+    assert load(y, env={"WANDB_MODE": "dryrun"}).wandb.mode == "offline"  # W&B's old spelling
+    assert load(y, ["wandb.mode=disabled"], env={"WANDB_MODE": "offline"}).wandb.mode == "disabled"
+    with pytest.raises(ConfigError, match="WANDB_MODE='sometimes' is not a W&B mode"):
+        load(y, env={"WANDB_MODE": "sometimes"})

@@ -44,3 +44,19 @@ def test_nearest_neighbour_flags_copies():
     assert copies["memorised_share"] == 1.0
     fresh = nearest_neighbour_check(torch.rand(30, 8, generator=g), train, test)
     assert fresh["memorised_share"] < 0.2
+
+
+def test_nearest_distances_exact_against_brute_force():
+    """The float32 candidate search with a proven margin, then float64: equal to the float64 brute force,
+    including exact copies and near-ties (rows differing in one pixel by 1/255)."""
+    from distgan.metrics.parzen import nearest_distances
+
+    g = torch.Generator().manual_seed(3)
+    b = (torch.randint(0, 256, (300, 784), generator=g).float() / 255.0)
+    a = torch.cat([b[:5], b[5:10] + 0.0, torch.rand(40, 784, generator=g)])
+    a[5:10, 0] += 1 / 255.0  # near-ties
+    brute = ((a.double()[:, None, :] - b.double()[None]) ** 2).sum(-1).min(1).values.sqrt()
+    got = nearest_distances(a, b, chunk=7)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, brute, rtol=0, atol=1e-12)
+    assert (got[:5] == 0).all()
