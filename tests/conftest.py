@@ -18,8 +18,10 @@ _SESSION = Path(tempfile.mkdtemp(prefix="distgan-tests-"))
 for var, sub in (("DISTGAN_CACHE_DIR", "distgan"), ("WANDB_DIR", "wandb"), ("WANDB_CACHE_DIR", "wandb-cache"),
                  ("WANDB_CONFIG_DIR", "wandb-config"), ("WANDB_DATA_DIR", "wandb-data"),
                  ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton"),
-                 ("MPLCONFIGDIR", "matplotlib"), ("XDG_CACHE_HOME", "xdg-cache")):
+                 ("MPLCONFIGDIR", "matplotlib"), ("XDG_CACHE_HOME", "xdg-cache"),
+                 ("DISTGAN_TEST_TMPDIR", "tmp")):  # TMPDIR of child processes (torchelastic, wandb leave files)
     os.environ[var] = str(_SESSION / sub)
+(_SESSION / "tmp").mkdir()
 
 
 def pytest_unconfigure(config):

@@ -30,9 +30,18 @@ def launch_cmd(nproc: int, *args: str) -> list[str]:
             "--main_process_port", str(free_port()), *args]
 
 
+def child_env(extra: dict | None = None) -> dict:
+    """The environment of a child process: one intra-op thread (several ranks share 2 cores) and TMPDIR in
+    the session directory (torch elastic and W&B leave files in the temp dir)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra or {})}
+    if os.environ.get("DISTGAN_TEST_TMPDIR"):
+        env["TMPDIR"] = os.environ["DISTGAN_TEST_TMPDIR"]
+    return env
+
+
 def run(cmd: list[str], env: dict | None = None, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """Run in the repo root with one intra-op thread per process (several ranks share 2 cores)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    """Run in the repo root, in :func:`child_env`."""
+    env = child_env(env)
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
                        start_new_session=True)
     if check and p.returncode != 0:

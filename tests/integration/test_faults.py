@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import QUIET, REPO, call, launch_cmd, run, train, train_here, tree_snapshot
+from tests.helpers import QUIET, REPO, call, child_env, launch_cmd, run, train, train_here, tree_snapshot
 
 pytestmark = [pytest.mark.timeout(420)]
 WORKER = str(REPO / "tests" / "integration" / "ddp_worker.py")
@@ -77,7 +77,7 @@ def test_exact_resume_after_sigkill(tmp_path, nproc):
     killed = tmp_path / "killed"
     cmd = launch_cmd(nproc, "-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(killed), *QUIET,
                      *common, "train.log_every=1")
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 240
@@ -101,7 +101,7 @@ def test_sigterm_checkpoints_and_exits_75(tmp_path):
     cmd = launch_cmd(1, "-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), *QUIET,
                      *SMALL, "train.max_steps=100000", "train.ckpt_every=100000", "train.log_every=5",
                      "train.stop_check_every=5")
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
@@ -223,7 +223,7 @@ def test_full_disk_keeps_the_previous_checkpoint(small_run, copy_run):
 
     cmd = launch_cmd(1, "-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), *QUIET,
                      *SMALL, "train.resume=auto", "train.max_steps=30", "train.ckpt_every=10")
-    p = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+    p = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True,
                        timeout=300, preexec_fn=limit_size)
     assert p.returncode == 2, p.stderr[-2000:]
     assert "writing checkpoint step-000000030" in p.stderr and "File too large" in p.stderr

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, child_env
 from tests.integration.slurm_cluster import Cluster, SlurmUnavailable
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
@@ -35,7 +35,7 @@ def sbatch(cluster, run_dir, log, extra_args=(), overrides=(), wait=False):
            f"--export=ALL,DISTGAN_PYTHON={sys.executable}"]
     cmd += ["--wait"] if wait else []
     cmd += [*extra_args, "slurm/train_cpu.sbatch", "configs/debug.yaml", str(run_dir), *OVERRIDES, *overrides]
-    p = cluster.run(cmd, cwd=REPO, timeout=400)
+    p = cluster.run(cmd, cwd=REPO, timeout=400, env=child_env())
     return p
 
 
