@@ -96,13 +96,13 @@ def _row_trainer(tr, cfg, steps: int, warmup: int, t_build: float) -> dict:
         for i in range(k):
             _sync(dev); a = time.perf_counter()
             reals = [tr.real_batch(s * k + i, m) for m in range(accum)]
-            zs = [tr.noise(tr.micro) for _ in range(accum)]
+            zs = [tr.noise(n) for n in tr.micro_sizes]
             _sync(dev); b = time.perf_counter()
             tr.gan.d_step(reals, zs)
             _sync(dev); c = time.perf_counter()
             phases["data"] += b - a; phases["D"] += c - b
         a = time.perf_counter()
-        tr.gan.g_step([tr.noise(tr.micro) for _ in range(accum)])
+        tr.gan.g_step([tr.noise(n) for n in tr.micro_sizes])
         tr.gan.end_step()
         _sync(dev)
         phases["G"] += time.perf_counter() - a
@@ -226,8 +226,10 @@ def row_data(cfg, steps: int, warmup: int) -> dict:
     urls = expand_urls(cfg.data.urls)
     check_urls(urls)
     B = cfg.train.batch_size
-    sb = StreamBatches(urls, B, cfg.data.image_shape, 0, 1, cfg.train.seed, cfg.data.workers, cfg.data.shuffle_buffer,
-                       "cpu")
+    from distgan.data.sampler import BatchLayout
+
+    sb = StreamBatches(urls, BatchLayout(B, 0, 1), cfg.data.image_shape, cfg.train.seed, cfg.data.workers,
+                       cfg.data.shuffle_buffer, "cpu")
     for j in range(warmup):
         sb.batch(j)
     t0 = time.perf_counter()

@@ -218,7 +218,9 @@ class TrainConfig:
     differ from the resumed checkpoint's config; any other change is refused. Accepted changes are recorded
     in ``RUN/runs.jsonl``."""
     log_every: int = 50
-    """Read, reduce and log metrics every this many steps (no host sync in between)."""
+    """Read, reduce and log metrics every this many steps (no host sync in between). Ranks also agree here
+    whether a stop signal (SIGTERM, SIGUSR1) arrived on any of them: a stop takes effect within this many
+    steps."""
     sample_every: int = 1000
     """Log a grid of the EMA generator on fixed noise every this many steps (0: only at the end)."""
     consistency_every: int = 0
@@ -231,13 +233,10 @@ class TrainConfig:
     keeping the last good checkpoint. Checked on the host every log_every steps and before checkpoints."""
     max_skip_streak: int = 20
     """Stop (exit code 3) after this many consecutive steps with an update skipped for non-finite gradients."""
-    stop_check_every: int = 10
-    """Ranks agree every this many steps whether a stop signal (SIGTERM, SIGUSR1) arrived on any of them."""
 
     def __post_init__(self):
         _choices("train.nonfinite", self.nonfinite, {"skip", "stop"})
         _positive("train.max_skip_streak", self.max_skip_streak)
-        _positive("train.stop_check_every", self.stop_check_every)
         for name in ("max_steps", "batch_size", "d_steps", "grad_accum", "ckpt_every", "keep_last", "log_every"):
             _positive(f"train.{name}", getattr(self, name))
         for name in ("sample_every", "consistency_every"):
@@ -264,13 +263,20 @@ class RuntimeConfig:
     """Process-group timeout in seconds: a desynchronised collective fails after this long."""
     expected_world_size: int = 0
     """Fail at start unless the world size equals this (0: accept any); the launcher's own figure is also checked."""
+    fp16_init_scale: float = 65536.0
+    """fp16: the loss scalers' initial scale (torch's default, 2**16); they halve it on every overflow."""
+    allow_cpu_fp16: bool = False
+    """Test-only: allow runtime.precision=fp16 on the CPU (float16 autocast and GradScaler("cpu") exist there,
+    slowly), so every loss-scaler path runs in CI. Refused otherwise."""
 
     def __post_init__(self):
         _choices("runtime.precision", self.precision, {"auto", "no", "bf16", "fp16"})
         _positive("runtime.threads", self.threads, zero_ok=True)
         _positive("runtime.pg_timeout_s", self.pg_timeout_s)
-        if self.precision == "fp16" and self.cpu:
-            raise ConfigError("runtime.precision=fp16 needs a GPU; on the CPU use 'no' or 'bf16'")
+        _positive("runtime.fp16_init_scale", self.fp16_init_scale)
+        if self.precision == "fp16" and self.cpu and not self.allow_cpu_fp16:
+            raise ConfigError("runtime.precision=fp16 needs a GPU; on the CPU use 'no' or 'bf16' "
+                              "(runtime.allow_cpu_fp16=true is for tests)")
 
 
 @dataclass

@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     res = {**source, "num": int(images.shape[0]), **res, "eval_seconds": round(time.time() - t0, 1)}
     _print_table(res)
     if args.json:
-        from distgan.checkpoint import atomic_write_text
+        from distgan.atomic import atomic_write_text
 
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,16 +8,22 @@ noise, then one update of G. Synchronisation rules under DDP:
 - G's phase: D's parameters have ``requires_grad=False`` and D runs *unwrapped*, so no D gradient is
   computed, accumulated or all-reduced, and DDP needs no ``find_unused_parameters``; gradients still
   flow through D to G's output.
+- The batch is global and may split unevenly (100 images on 8 ranks: 13 or 12 each). Micro-batch m
+  of rank r holds n_rm images and its mean loss is weighted by ``n_rm * W / B`` before backward:
+  DDP's average over the W ranks then gives exactly the mean over the B images of the global batch,
+  whatever the split (an even split weighs 1/A per micro-step, as plain accumulation does).
 - Gradient accumulation: every micro-step but the last runs under ``no_sync`` of the network being
   trained, so the all-reduce happens once per update.
 - fp16: each network has its own GradScaler, stepped and updated once per update of that network.
 - R1 (``d_reg_step``, lazy, every ``loss.r1_every`` steps): double backward through D, so it runs on
-  the plain eager D in fp32, outside DDP and torch.compile; the gradients are all-reduced by hand
-  (as StyleGAN2-ADA does), so every rank applies the same update.
-- Non-finite gradients: checked on the device after the all-reduce (so identical on every rank) and
-  handed to the fused optimizer as ``found_inf``, which then skips the update inside the kernel:
-  parameters, moments and step count stay untouched, and no host sync happens. Counts are kept on
-  the device and read by the trainer every few steps.
+  the plain eager D in fp32, outside DDP, torch.compile and loss scaling; the gradients are
+  all-reduced by hand (as StyleGAN2-ADA does), so every rank applies the same update.
+- Non-finite values: gradients are checked on the device after the all-reduce (so identical on every
+  rank) and handed to the fused optimizer as ``found_inf``, which then skips the update inside the
+  kernel: parameters, moments and step count stay untouched, and no host sync happens. Under fp16 a
+  skip with a finite loss on every rank is the loss scaler calibrating (counted as ``overflow``, its
+  scale halves); a non-finite loss is divergence (counted as ``skipped``, and what the guard acts on).
+  Counts stay on the device and are read by the trainer at log ticks.
 """
 
 from __future__ import annotations
@@ -29,7 +35,11 @@ import torch
 from torch import nn
 
 from distgan.losses import GANLoss
-from distgan.runtime import autocast
+from distgan.runtime import all_reduce_mean_, autocast, found_non_finite
+
+MAX_OVERFLOW_STREAK = 64
+"""Consecutive fp16 overflow skips after which the guard calls it divergence: the scale has then halved 64
+times (from 65536 to 2**-48), so the gradients are non-finite at every scale, not calibrating."""
 
 
 @dataclass
@@ -37,29 +47,69 @@ class Net:
     """One network's phase record."""
 
     net: nn.Module
-    """The plain module (parameters, checkpoints)."""
+    """The plain module: parameters, buffers, checkpoints, R1, the EMA."""
     fwd: nn.Module
-    """The forward used while the *other* network trains: compiled if enabled, never DDP-wrapped."""
+    """Its forward while the *other* network trains: compiled if enabled, never DDP-wrapped."""
     train_fwd: nn.Module
-    """The forward used while this network trains: DDP-wrapped when distributed."""
+    """Its forward while it trains itself: ``fwd`` wrapped in DDP when there are several ranks."""
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None = None
     name: str = ""
 
 
 class GANStep:
-    def __init__(self, accelerator, G: Net, D: Net, loss: GANLoss, precision: str):
+    def __init__(self, accelerator, G: Net, D: Net, loss: GANLoss, precision: str, micro_weights: list[float]):
         self.acc, self.G, self.D, self.loss, self.precision = accelerator, G, D, loss, precision
         self.device = accelerator.device
-        self._one = torch.ones((), device=self.device)
-        # device-side guard state: skipped updates per network, current and longest streak of steps with a skip
-        self.skipped = torch.zeros(2, device=self.device)
-        self.streak = torch.zeros((), device=self.device)
-        self.max_streak = torch.zeros((), device=self.device)
-        self._step_found = torch.zeros((), device=self.device)
+        self.world = accelerator.num_processes
+        self.weights = micro_weights  # n_rm * W / B for this rank's micro-batches m (see the docstring)
+        z = lambda *s: torch.zeros(*s, device=self.device)  # noqa: E731
+        # device-side guard state, per network [D, G]: divergence skips, fp16 overflow skips; the current and
+        # longest streaks of steps with a divergence skip, and the current streak of overflow skips
+        self.skipped, self.overflow = z(2), z(2)
+        self.streak, self.max_streak, self._step_found = z(()), z(()), z(())
+        self.overflow_streak, self.max_overflow_streak = z(2), z(())
 
     def _sync(self, module: nn.Module, last: bool):
         return contextlib.nullcontext() if last else self.acc.no_sync(module)
+
+    def _update(self, n: Net, index: int, bad_loss: torch.Tensor, scaled: bool) -> None:
+        """Step ``n``'s optimizer unless its gradients are non-finite; count why an update was skipped.
+
+        ``bad_loss``: 1 if this rank's loss was non-finite in any micro-step. ``scaled``: the gradients
+        carry the fp16 loss scale (False for R1, which runs unscaled in fp32).
+        """
+        grads = [p.grad for p in n.net.parameters() if p.grad is not None]
+        found = found_non_finite(grads)  # after the all-reduce: the same on every rank
+        if scaled and n.scaler is not None:
+            n.scaler.step(n.opt)  # skips on its own when found; the scale drops in update()
+            n.scaler.update()
+            if self.world > 1:  # whether any rank's loss was non-finite (ranks differ before this)
+                bad_loss = all_reduce_mean_(bad_loss.clone())
+            diverged = torch.minimum(found, (bad_loss > 0).float())
+            overflow = found - diverged
+            self.overflow[index] += overflow
+            streak = self.overflow_streak[index]
+            streak.mul_(overflow).add_(overflow)
+            torch.maximum(self.max_overflow_streak, streak, out=self.max_overflow_streak)
+        else:
+            if n.opt.defaults.get("fused"):
+                n.opt.found_inf = found  # the fused kernel skips the update when found_inf == 1
+                try:
+                    n.opt.step()
+                finally:
+                    del n.opt.found_inf  # never left behind for a GradScaler to multiply (scale * None)
+            elif not found.item():  # non-fused optimizers cannot skip on device: one host sync per update
+                n.opt.step()
+            diverged = found
+        self.skipped[index] += diverged
+        torch.maximum(self._step_found, diverged, out=self._step_found)
+
+    def end_step(self) -> None:
+        """Count consecutive steps with a divergence skip (device-side; read by the trainer's guard)."""
+        self.streak.mul_(self._step_found).add_(self._step_found)
+        torch.maximum(self.max_streak, self.streak, out=self.max_streak)
+        self._step_found.zero_()
 
     def _backward(self, loss: torch.Tensor, scaler) -> None:
         if scaler is not None:
@@ -67,35 +117,15 @@ class GANStep:
         else:
             self.acc.backward(loss)
 
-    def _update(self, n: Net, index: int) -> None:
-        grads = [p.grad for p in n.net.parameters() if p.grad is not None]
-        found = torch.zeros((), device=self.device)
-        # the op GradScaler uses: sets found=1 if any gradient is inf/nan (multiplying by 1 is exact)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._one)
-        if n.scaler is not None:
-            n.scaler.step(n.opt)  # the scaler's own skip on overflow; its scale drops in update()
-            n.scaler.update()
-        elif n.opt.defaults.get("fused"):
-            n.opt.grad_scale, n.opt.found_inf = None, found
-            n.opt.step()  # the fused kernel skips the update when found_inf == 1
-        elif not found.item():  # non-fused optimizers cannot skip on device: one host sync per update
-            n.opt.step()
-        self.skipped[index] += found
-        torch.maximum(self._step_found, found, out=self._step_found)
-
-    def end_step(self) -> None:
-        """Count consecutive steps with a skipped update (device-side; read by the trainer's guard)."""
-        self.streak.mul_(self._step_found).add_(self._step_found)
-        torch.maximum(self.max_streak, self.streak, out=self.max_streak)
-        self._step_found.zero_()
-
     def d_step(self, reals: list[torch.Tensor], noises: list[torch.Tensor]) -> torch.Tensor:
-        """One D update over ``len(reals)`` micro-batches. Returns [loss, D(x), D(G(z))] on device."""
+        """One D update over this rank's micro-batches. Returns this rank's [loss, D(x), D(G(z))] on device,
+        each the mean over its images."""
         G, D = self.G, self.D
         D.net.requires_grad_(True)
         D.opt.zero_grad(set_to_none=True)
         n = len(reals)
         stats = torch.zeros(3, device=self.device)
+        bad = torch.zeros((), device=self.device)
         for i, (x, z) in enumerate(zip(reals, noises)):
             with self._sync(D.train_fwd, last=i == n - 1):
                 with torch.no_grad(), autocast(self.precision, self.device):
@@ -104,10 +134,12 @@ class GANStep:
                     logits = D.train_fwd(torch.cat([x, fake.to(x.dtype)])).float()
                     real_l, fake_l = logits.chunk(2)
                     loss = self.loss.d(real_l, fake_l)
-                self._backward(loss / n, D.scaler)
+                self._backward(loss * self.weights[i], D.scaler)
+            share = x.shape[0] / sum(r.shape[0] for r in reals)
             stats += torch.stack([loss.detach(), torch.sigmoid(real_l.detach()).mean(),
-                                  torch.sigmoid(fake_l.detach()).mean()]) / n
-        self._update(D, 0)
+                                  torch.sigmoid(fake_l.detach()).mean()]) * share
+            bad += ~torch.isfinite(loss.detach())
+        self._update(D, 0, bad, scaled=True)
         return stats
 
     def d_reg_step(self, reals: list[torch.Tensor], gamma: float, interval: int) -> torch.Tensor:
@@ -115,45 +147,38 @@ class GANStep:
         D = self.D
         D.net.requires_grad_(True)
         D.opt.zero_grad(set_to_none=True)
-        n = len(reals)
         total = torch.zeros((), device=self.device)
-        for x in reals:
+        bad = torch.zeros((), device=self.device)
+        for x, w in zip(reals, self.weights):
             x = x.detach().float().requires_grad_(True)
             (grad,) = torch.autograd.grad(D.net(x).sum(), x, create_graph=True)
             penalty = grad.square().flatten(1).sum(1).mean()
-            (penalty * (gamma / 2 * interval / n)).backward()
-            total += penalty.detach() / n
-        if self.acc.num_processes > 1:
-            import torch.distributed as dist
-
-            grads = [p.grad for p in D.net.parameters() if p.grad is not None]
-            flat = torch._utils._flatten_dense_tensors(grads)
-            dist.all_reduce(flat)
-            flat /= self.acc.num_processes
-            for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-                g.copy_(f)
-        scaler, D.scaler = D.scaler, None  # the penalty ran in fp32: no loss scale to undo
-        try:
-            self._update(D, 0)
-        finally:
-            D.scaler = scaler
+            (penalty * (gamma / 2 * interval * w)).backward()
+            share = x.shape[0] / sum(r.shape[0] for r in reals)
+            total += penalty.detach() * share
+            bad += ~torch.isfinite(penalty.detach())
+        if self.world > 1:
+            all_reduce_mean_([p.grad for p in D.net.parameters() if p.grad is not None])
+        self._update(D, 0, bad, scaled=False)  # fp32, unscaled: no loss scale to undo
         return total.unsqueeze(0)
 
     def g_step(self, noises: list[torch.Tensor]) -> torch.Tensor:
-        """One G update over ``len(noises)`` micro-batches. Returns [loss] on device."""
+        """One G update over this rank's micro-batches. Returns this rank's [loss] on device."""
         G, D = self.G, self.D
         D.net.requires_grad_(False)
         G.opt.zero_grad(set_to_none=True)
         n = len(noises)
         stats = torch.zeros(1, device=self.device)
+        bad = torch.zeros((), device=self.device)
         try:
             for i, z in enumerate(noises):
                 with self._sync(G.train_fwd, last=i == n - 1):
                     with autocast(self.precision, self.device):
                         loss = self.loss.g(D.fwd(G.train_fwd(z)).float())
-                    self._backward(loss / n, G.scaler)
-                stats += loss.detach() / n
+                    self._backward(loss * self.weights[i], G.scaler)
+                stats += loss.detach() * (z.shape[0] / sum(x.shape[0] for x in noises))
+                bad += ~torch.isfinite(loss.detach())
         finally:
             D.net.requires_grad_(True)
-        self._update(G, 1)
+        self._update(G, 1, bad, scaled=True)
         return stats

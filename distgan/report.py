@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -41,6 +40,8 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 def make_report(run_dir: Path, out: Path, max_grids: int = 6) -> Path:
     import matplotlib
+
+    from distgan.atomic import atomic_path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -97,10 +98,11 @@ def make_report(run_dir: Path, out: Path, max_grids: int = 6) -> Path:
     fig.suptitle(f"{run_dir.name}: {rows[-1]['step']} steps", fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return out
 
 

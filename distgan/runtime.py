@@ -43,9 +43,11 @@ def build_accelerator(cfg: Config):
         ],
     )
     check_world_size(acc.num_processes, cfg.runtime.expected_world_size)
-    if acc.device.type == "cuda" and cfg.runtime.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if acc.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.runtime.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.runtime.tf32
+        # the conv nets run fixed shapes: let cuDNN time its algorithms once and keep the fastest
+        torch.backends.cudnn.benchmark = True
     return acc
 
 
@@ -65,13 +67,22 @@ def check_world_size(actual: int, expected_cfg: int = 0, env=None) -> None:
         raise LaunchError(f"runtime.expected_world_size={expected_cfg} but the process group has {actual} processes")
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on a GPU that supports it, else fp32 ('no'). fp16 is refused off CUDA."""
+def resolve_precision(precision: str, device: torch.device, allow_cpu_fp16: bool = False) -> tuple[str, str]:
+    """(precision, why): ``auto`` -> bf16 on a GPU with native bf16, else fp32 ('no'). fp16 needs CUDA,
+    or the test-only ``runtime.allow_cpu_fp16`` (CPU float16 autocast and GradScaler("cpu"), so every
+    loss-scaler path runs in CI)."""
     if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("runtime.precision=fp16 needs a CUDA GPU (loss scaling); on the CPU use 'no' or 'bf16'")
-    return precision
+        if device.type != "cuda":
+            return "no", "auto: no GPU, fp32"
+        name = torch.cuda.get_device_name(device)
+        # including_emulation=False: V100 and T4 "support" bf16 only by emulation, slower than fp32
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", f"auto: {name} has native bf16"
+        return "no", f"auto: {name} has no native bf16 (fp16 with loss scaling: runtime.precision=fp16), fp32"
+    if precision == "fp16" and device.type != "cuda" and not allow_cpu_fp16:
+        raise ConfigError("runtime.precision=fp16 needs a CUDA GPU (loss scaling); on the CPU use 'no' or 'bf16' "
+                          "(runtime.allow_cpu_fp16=true is for tests: CPU float16 is slow)")
+    return precision, "runtime.precision"
 
 
 def autocast(precision: str, device: torch.device):
@@ -81,11 +92,45 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_scaler(precision: str, device: torch.device):
+def make_scaler(precision: str, device: torch.device, init_scale: float = 2.0 ** 16):
     """One GradScaler per network for fp16, so D's overflow never skips G's step; None otherwise."""
     if precision != "fp16":
         return None
-    return torch.amp.GradScaler(device.type)
+    return torch.amp.GradScaler(device.type, init_scale=init_scale)
+
+
+def seed_step(device: torch.device, seed: int) -> None:
+    """Seed the generator that noise and dropout of a step draw from: this device's only. (torch.manual_seed
+    would also seed every other visible GPU, and initialise their generators, at every step.)"""
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()
+                                      ].manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
+def found_non_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """1.0 (a 0-d device tensor) if any of ``tensors`` holds an inf or NaN, with no host sync."""
+    from distgan.torch_private import non_finite_flag
+
+    return non_finite_flag(tensors)
+
+
+def all_reduce_mean_(tensors):
+    """Average a tensor, or a list of tensors (in one flat buffer), over all ranks, in place; returns it."""
+    import torch.distributed as dist
+
+    from distgan.torch_private import flatten, unflatten
+
+    if isinstance(tensors, torch.Tensor):
+        dist.all_reduce(tensors)
+        return tensors.div_(dist.get_world_size())
+    flat = flatten(tensors)
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for t, f in zip(tensors, unflatten(flat, tensors)):
+        t.copy_(f)
+    return tensors
 
 
 def step_seed(seed: int, rank: int, step: int, salt: int = 0) -> int:

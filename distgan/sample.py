@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distgan.atomic import atomic_path, atomic_write_bytes
+
 
 def load_generator(checkpoint: str | os.PathLike, weights: str = "ema", device="cpu"):
     """(generator in eval mode, its Config, the checkpoint directory) from a run dir or checkpoint."""
@@ -86,9 +88,8 @@ def write_gif(frames_u8: torch.Tensor, out: Path, ms_per_frame: int = 80) -> Non
         arr = image_grid(frame)
         imgs.append(Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=ms_per_frame, loop=0)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=ms_per_frame, loop=0)
 
 
 def write_output(images: torch.Tensor, out: Path) -> None:
@@ -101,9 +102,7 @@ def write_output(images: torch.Tensor, out: Path) -> None:
         return
     buf = io.BytesIO()
     np.savez(buf, images=images.numpy())
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, out)
+    atomic_write_bytes(out, buf.getvalue())
 
 
 def main(argv=None) -> int:

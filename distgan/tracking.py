@@ -6,11 +6,15 @@ import json
 import math
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
 
+import einops
 import numpy as np
 import torch
+
+from distgan.atomic import atomic_path
 
 
 def wandb_mode(configured: str) -> str:
@@ -21,23 +25,24 @@ def wandb_mode(configured: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
-def image_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:
-    """uint8 ``[N, C, H, W]`` -> uint8 ``[H', W', C]`` grid with a 2-pixel border."""
-    import torchvision
-
-    nrow = nrow or int(math.ceil(math.sqrt(images.shape[0])))
-    grid = torchvision.utils.make_grid(images, nrow=nrow, padding=2, pad_value=0)
-    return grid.permute(1, 2, 0).numpy()
+def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """uint8 ``[N, C, H, W]`` -> uint8 ``[H', W', C]`` grid, ``nrow`` images per row (default: a square), a
+    ``pad``-pixel black border around every image (torchvision's make_grid layout, without importing it)."""
+    n, c, h, w = images.shape
+    nrow = nrow or int(math.ceil(math.sqrt(n)))
+    rows = -(-n // nrow)
+    cells = torch.zeros(rows * nrow, c, h + pad, w + pad, dtype=images.dtype)
+    cells[:n, :, pad:, pad:] = images
+    grid = einops.rearrange(cells, "(r k) c h w -> (r h) (k w) c", k=nrow)
+    return torch.nn.functional.pad(grid, (0, 0, 0, pad, 0, pad)).numpy()  # the border after the last row/column
 
 
 def save_png(array_hwc: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    path = Path(path)
     img = Image.fromarray(array_hwc[..., 0] if array_hwc.shape[-1] == 1 else array_hwc)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
 
 
 class NullTracker:
@@ -61,11 +66,14 @@ class Tracker(NullTracker):
         self.run_dir = run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        self.bar = None
+        self.bar, self.lines, self.total = None, False, total_steps
         if cfg.train.progress:
-            from tqdm import tqdm
+            if sys.stderr.isatty():  # a bar for people; tqdm draws on stderr
+                from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+                self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+            else:  # a log file (SLURM): one plain line per log tick instead of a redraw several times a second
+                self.lines = True
         self.wandb = None
         mode = wandb_mode(cfg.wandb.mode)
         if mode != "disabled":
@@ -85,9 +93,14 @@ class Tracker(NullTracker):
             f.write(json.dumps(rec) + "\n")
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
+        short = {"loss/D": "lossD", "loss/G": "lossG", "D(x)": "D(x)", "D(G(z))": "D(G(z))", "img/s": "img/s"}
         if self.bar is not None:
-            short = {"img/s": "img_s", "loss/D": "lossD", "loss/G": "lossG", "D(x)": "D(x)", "D(G(z))": "D(G(z))"}
             self.bar.set_postfix({v: f"{metrics[k]:.3g}" for k, v in short.items() if k in metrics}, refresh=False)
+        elif self.lines and "loss/D" in metrics:
+            figures = " | ".join(f"{v} {metrics[k]:.4g}" for k, v in short.items() if k in metrics)
+            skipped = sum(metrics.get(k, 0) for k in ("skipped/D", "skipped/G"))
+            print(f"[distgan] step {step}/{self.total} | {figures}" + (f" | skipped {skipped:g}" if skipped else ""),
+                  flush=True)
 
     def write(self, line: str) -> None:
         """A console line that does not break the progress bar."""
@@ -102,7 +115,12 @@ class Tracker(NullTracker):
 
     def grid(self, step: int, images: torch.Tensor) -> None:
         arr = image_grid(images)
-        save_png(arr, self.run_dir / "samples" / f"step-{step:09d}.png")
+        try:
+            save_png(arr, self.run_dir / "samples" / f"step-{step:09d}.png")
+        except ImportError:  # a GPU box with torch alone (launch/gpu_check.sh): no Pillow, no grids
+            if not getattr(self, "_warned_png", False):
+                print("[distgan] Pillow is not installed: sample grids are not written", flush=True)
+                self._warned_png = True
         if self.wandb is not None:
             import wandb
 

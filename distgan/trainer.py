@@ -16,8 +16,8 @@ from torch import nn
 from distgan import checkpoint as ckpt_lib
 from distgan.callbacks import Callback
 from distgan.config import Config, ConfigError
-from distgan.data.mnist import load_split
-from distgan.data.sampler import ShardedBatches
+from distgan.data.mnist import ensure_mnist, load_split
+from distgan.data.sampler import BatchLayout, ShardedBatches
 from distgan.ema import ema_beta, make_ema, recalibrate_batchnorm, update_ema
 from distgan.errors import Diverged, ReplicaMismatch, StopRequested, exit_code
 from distgan.generate import generate, sample_noise, to_float
@@ -25,7 +25,7 @@ from distgan.losses import LOSSES
 from distgan.networks import build_networks
 from distgan.phases import GANStep, Net
 from distgan.rundir import RunDir, check_usable
-from distgan.runtime import (RankZero, build_accelerator, make_scaler, maybe_compile, resolve_precision,
+from distgan.runtime import (RankZero, build_accelerator, make_scaler, maybe_compile, resolve_precision, seed_step,
                              step_seed)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -35,13 +35,19 @@ def build_optimizer(cfg: Config, params, lr: float) -> torch.optim.Optimizer:
     o = cfg.optim
     # Fused kernels (CPU and CUDA): one pass over all tensors, and they skip an update on device when
     # handed found_inf (the divergence guard in phases.py). Elsewhere foreach kernels.
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    from distgan.torch_private import fused_optimizer_devices
 
     params = list(params)
-    kind = {"fused": True} if params[0].device.type in _get_fused_kernels_supported_devices() else {"foreach": True}
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, **kind)
-    return torch.optim.Adam(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **kind)
+    kind = {"fused": True} if params[0].device.type in fused_optimizer_devices() else {"foreach": True}
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **kind)
+    opt = torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, **kind)
+    # Fused SGD allocates its momentum buffers with empty_like on its first step; if that step is skipped
+    # (found_inf) they stay uninitialised and the next step starts from garbage. Zeros from the start are
+    # the same maths: buf = momentum * 0 + grad = grad, torch's own first step (dampening 0).
+    for p in params:
+        opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return opt
 
 
 def param_checksums(modules: dict[str, nn.Module], device) -> tuple[list[str], torch.Tensor]:
@@ -78,12 +84,11 @@ class Trainer:
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
         t = cfg.train
-        if t.batch_size % (self.world * t.grad_accum):
-            raise ConfigError(
-                f"train.batch_size={t.batch_size} (global) must be divisible by world size {self.world} x "
-                f"train.grad_accum {t.grad_accum}; pick e.g. train.batch_size={self.world * t.grad_accum * max(1, t.batch_size // (self.world * t.grad_accum))}")
-        self.micro = t.batch_size // (self.world * t.grad_accum)
-        self.precision = resolve_precision(cfg.runtime.precision, self.device)
+        # the global batch, cut over ranks and micro-steps (unevenly where it must: 100 on 8 ranks)
+        self.layout = BatchLayout(t.batch_size, self.rank, self.world, t.grad_accum)
+        self.micro_sizes = self.layout.micro_sizes
+        self.precision, self._precision_why = resolve_precision(cfg.runtime.precision, self.device,
+                                                                cfg.runtime.allow_cpu_fp16)
         self.step = 0
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best
         self.r1_last: torch.Tensor | None = None
@@ -118,9 +123,10 @@ class Trainer:
         opt_d = build_optimizer(cfg, D.parameters(), cfg.optim.lr)
         G_fwd, D_fwd = maybe_compile(G, cfg), maybe_compile(D, cfg)
         G_train, D_train = acc.prepare(G_fwd, D_fwd) if self.world > 1 else (G_fwd, D_fwd)
-        self.G = Net(G, G_fwd, G_train, opt_g, make_scaler(self.precision, self.device), "G")
-        self.D = Net(D, D_fwd, D_train, opt_d, make_scaler(self.precision, self.device), "D")
-        self.gan = GANStep(acc, self.G, self.D, LOSSES[cfg.loss.name], self.precision)
+        scale = cfg.runtime.fp16_init_scale
+        self.G = Net(G, G_fwd, G_train, opt_g, make_scaler(self.precision, self.device, scale), "G")
+        self.D = Net(D, D_fwd, D_train, opt_d, make_scaler(self.precision, self.device, scale), "D")
+        self.gan = GANStep(acc, self.G, self.D, LOSSES[cfg.loss.name], self.precision, self.layout.loss_weights)
         g = torch.Generator().manual_seed(cfg.train.seed + 0xF1C5)
         self.fixed_noise = sample_noise(64, cfg.model.z_dim, cfg.model.noise, "cpu", g)
 
@@ -128,9 +134,14 @@ class Trainer:
             self._load(resume_from)
         self.rank0.print(
             f"[distgan] world size {self.world} | backend {self._backend()} | device {self.device} | "
-            f"precision {self.precision} | compile {cfg.compile.enabled} | global batch {cfg.train.batch_size} "
-            f"= {self.world} ranks x {cfg.train.grad_accum} micro x {self.micro} | "
+            f"precision {self.precision} ({self._precision_why}) | compile {cfg.compile.enabled} | global batch "
+            f"{cfg.train.batch_size} = {self.layout.describe()} | "
             + (f"resumed from {resume_from} at step {self.step}" if resume_from else "fresh start"))
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in G.modules())
+        if self.world > 1 and has_bn and not cfg.model.sync_batchnorm:
+            self.rank0.print(f"[distgan] note: BatchNorm normalises each rank's {min(self.layout.rank_sizes)}-"
+                             f"{max(self.layout.rank_sizes)} images, not the global batch of {cfg.train.batch_size}: "
+                             f"not the 1-process recipe. On GPUs, model.sync_batchnorm=true keeps it.")
         if changes:
             self.rank0.print("[distgan] accepted on resume (train.allow_changed): " + ", ".join(
                 f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
@@ -153,23 +164,46 @@ class Trainer:
 
             urls = expand_urls(cfg.data.urls)
             check_urls(urls, cfg.data.image_shape)
-            if cfg.data.in_memory:
-                from distgan.data.stream import read_all
-
-                images, _, skipped = read_all(urls, cfg.data.image_shape, workers=min(cfg.data.workers, len(urls)))
-                if skipped:
-                    self.rank0.print(f"[distgan] skipped {skipped} unreadable samples while loading {cfg.data.urls}")
-                return ShardedBatches(images.to(self.device), cfg.train.batch_size, self.rank, self.world,
-                                      cfg.train.seed, cfg.train.grad_accum)
+            if cfg.data.in_memory:  # rank 0 reads every shard once and broadcasts: one reader, not W
+                images = self._broadcast_from_rank0(lambda: self._read_shards(urls))
+                return ShardedBatches(images, cfg.train.batch_size, self.rank, self.world, cfg.train.seed,
+                                      cfg.train.grad_accum)
             per_epoch = cfg.data.samples_per_epoch or _meta_count(urls)
-            return StreamBatches(urls, self.micro, cfg.data.image_shape, self.rank, self.world, cfg.train.seed,
-                                 cfg.data.workers, cfg.data.shuffle_buffer, self.device, start_step=start_step,
-                                 samples_per_epoch=per_epoch, global_batch=cfg.train.batch_size)
-        images, _ = load_split(cfg.data.root, "train", cfg.data.download)
+            return StreamBatches(urls, self.layout, cfg.data.image_shape, cfg.train.seed, cfg.data.workers,
+                                 cfg.data.shuffle_buffer, self.device, start_step=start_step,
+                                 samples_per_epoch=per_epoch)
+        # rank 0 downloads (if it must) before anyone reads: W processes must not write one folder at once
+        self.rank0.collective(ensure_mnist, cfg.data.root, cfg.data.download)
+        images, _ = load_split(cfg.data.root, "train", download=False)
         if hasattr(G, "init_output_bias"):
             G.init_output_bias(images.float().mean(0) / 255.0)
         return ShardedBatches(images.to(self.device), cfg.train.batch_size, self.rank, self.world,
                               cfg.train.seed, cfg.train.grad_accum)
+
+    def _read_shards(self, urls) -> torch.Tensor:
+        from distgan.data.stream import read_all
+
+        cfg = self.cfg
+        images, _, skipped = read_all(urls, cfg.data.image_shape, workers=min(cfg.data.workers, len(urls)))
+        if skipped:
+            print(f"[distgan] skipped {skipped} unreadable samples while loading {cfg.data.urls}", flush=True)
+        return images
+
+    def _broadcast_from_rank0(self, read) -> torch.Tensor:
+        """A tensor that rank 0 reads, on every rank's device (its read errors raised on every rank)."""
+        held = {}
+
+        def shape():
+            held["t"] = read()
+            return tuple(held["t"].shape), held["t"].dtype
+
+        shp, dtype = self.rank0.collective(shape)
+        t = held["t"].to(self.device) if self.rank == 0 else torch.empty(shp, dtype=dtype, device=self.device)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(t, src=0)
+        return t
 
     def _backend(self) -> str:
         import torch.distributed as dist
@@ -211,17 +245,17 @@ class Trainer:
     def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Algorithm 1: k D updates on fresh real batches and noise, then one G update."""
         cfg = self.cfg
-        torch.manual_seed(step_seed(cfg.train.seed, self.rank, step))  # noise and dropout of this step
+        seed_step(self.device, step_seed(cfg.train.seed, self.rank, step))  # noise and dropout of this step
         accum, k = cfg.train.grad_accum, cfg.train.d_steps
         d_stats = 0
         for i in range(k):
             j = step * k + i
             reals = [self.real_batch(j, m) for m in range(accum)]
-            noises = [self.noise(self.micro) for _ in range(accum)]
+            noises = [self.noise(n) for n in self.micro_sizes]
             d_stats = d_stats + self.gan.d_step(reals, noises) / k
         if cfg.loss.r1_gamma and step % cfg.loss.r1_every == 0:  # lazy R1 on the last real batch
             self.r1_last = self.gan.d_reg_step(reals, cfg.loss.r1_gamma, cfg.loss.r1_every)
-        g_stats = self.gan.g_step([self.noise(self.micro) for _ in range(accum)])
+        g_stats = self.gan.g_step([self.noise(n) for n in self.micro_sizes])
         self.gan.end_step()
         if self.G_ema is not None:
             b = cfg.train.batch_size
@@ -232,28 +266,36 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self._signal = signum  # acted on at the next agreement point, by every rank together
 
-    def _stop_agreed(self) -> int:
-        """The signal number if any rank got a stop signal (a collective: every rank calls it at once)."""
-        flag = torch.tensor([float(self._signal)], device=self.device)
-        if self.world > 1:
-            flag = self.acc.reduce(flag, reduction="sum")  # signal numbers only add up to non-zero
-        got = int(flag.item())
-        return self._signal or (signal.SIGTERM if got else 0)
+    def _guard_state(self) -> torch.Tensor:
+        g = self.gan
+        return torch.cat([g.skipped, g.overflow, g.max_streak.reshape(1), g.max_overflow_streak.reshape(1)])
 
-    def check_guard(self) -> dict:
-        """Read the device-side divergence counters (one host sync); raise Diverged per the policy."""
+    def check_guard(self, values: list[float] | None = None) -> dict:
+        """The divergence counters (read from the device unless ``values`` were read with other figures);
+        raise Diverged per the policy. Identical on every rank: they count decisions made after all-reduces."""
         t = self.cfg.train
-        skipped = self.gan.skipped.tolist()
-        streak = int(self.gan.max_streak.item())
-        if t.nonfinite == "stop" and sum(skipped) > 0 or streak >= t.max_skip_streak:
+        sk_d, sk_g, ov_d, ov_g, streak, ov_streak = values if values is not None else self._guard_state().tolist()
+        from distgan.phases import MAX_OVERFLOW_STREAK
+
+        why = None
+        if t.nonfinite == "stop" and sk_d + sk_g > 0:
+            why = "train.nonfinite=stop"
+        elif streak >= t.max_skip_streak:
+            why = f"{int(streak)} consecutive steps with skipped updates (train.max_skip_streak={t.max_skip_streak})"
+        elif ov_streak >= MAX_OVERFLOW_STREAK:
+            why = (f"the fp16 loss scale backed off {int(ov_streak)} times in a row: the gradients are non-finite at "
+                   f"every scale")
+        if why:
             latest = self.ckpt_root / "latest"
             last = self.ckpt_root / latest.read_text().strip() if latest.is_file() else None
-            why = (f"{streak} consecutive steps with skipped updates (train.max_skip_streak={t.max_skip_streak})"
-                   if streak >= t.max_skip_streak else "train.nonfinite=stop")
-            raise Diverged(f"non-finite gradients by step {self.step} (skipped updates: D {int(skipped[0])}, "
-                           f"G {int(skipped[1])}); stopping: {why}. The last good checkpoint is {last or 'none yet'}; lower "
-                           f"the learning rates or use train.nonfinite=skip, then resume with train.resume=auto")
-        return {"skipped/D": skipped[0], "skipped/G": skipped[1]}
+            raise Diverged(f"non-finite gradients by step {self.step} (skipped updates: D {int(sk_d)}, G {int(sk_g)}); "
+                           f"stopping: {why}. The last good checkpoint is {last or 'none yet'}; lower the learning "
+                           f"rates or use train.nonfinite=skip, then resume with train.resume=auto")
+        out = {"skipped/D": sk_d, "skipped/G": sk_g}
+        if self.G.scaler is not None:  # fp16: the scalers' own skips are calibration, counted apart
+            out.update({"amp/overflow/D": ov_d, "amp/overflow/G": ov_g, "amp/scale/D": self.D.scaler.get_scale(),
+                        "amp/scale/G": self.G.scaler.get_scale()})
+        return out
 
     def train(self) -> dict:
         """Run to ``train.max_steps``. RUN/status.json records how it ended (with the exit code) before the
@@ -300,11 +342,12 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_step_end(self)
             done = self.step == t.max_steps
+            signum = 0
             if self.step % t.log_every == 0 or done:
                 now = time.perf_counter()
                 # this rank's real images per second; summed over ranks in _log_tick
-                ips = (self.step - step_last) * self.micro * t.grad_accum * t.d_steps / max(now - t_last, 1e-9)
-                last_logged = self._log_tick(tracker, acc_stats / n_acc, sched, ips)
+                ips = (self.step - step_last) * self.layout.per_rank * t.d_steps / max(now - t_last, 1e-9)
+                last_logged, signum = self._log_tick(tracker, acc_stats / n_acc, sched, ips)
                 acc_stats.zero_(); n_acc = 0; t_last, step_last = now, self.step
             if t.sample_every and self.step % t.sample_every == 0 or done:
                 self._grid(tracker)
@@ -312,13 +355,9 @@ class Trainer:
                 self.check_replicas()
             if cfg.eval.every and (self.step % cfg.eval.every == 0 or done):
                 self._eval_tick(tracker)
-            if self.step % t.ckpt_every == 0 or done:
-                self.save_checkpoint()
-            if self.step % t.stop_check_every == 0 and not done:
-                signum = self._stop_agreed()
-                if signum:
-                    path = self.save_checkpoint()
-                    raise StopRequested(signum, self.step, path)
+            saved = self.save_checkpoint() if self.step % t.ckpt_every == 0 or done else None
+            if signum and not done:
+                raise StopRequested(signum, self.step, saved or self.save_checkpoint())
         return last_logged
 
     def _make_tracker(self):
@@ -328,24 +367,29 @@ class Trainer:
             return NullTracker()
         return Tracker(self.cfg, self.run_dir, self.cfg.train.max_steps, self.step)
 
-    def _log_tick(self, tracker, stats: torch.Tensor, sched: dict, ips_local: float) -> dict:
+    def _log_tick(self, tracker, stats: torch.Tensor, sched: dict, ips_local: float) -> tuple[dict, int]:
+        """Reduce and log the figures since the last tick, with one all-reduce and one host read; every rank
+        also learns here whether any rank got a stop signal. Returns (metrics, signal number or 0)."""
         local = stats
-        stats = self.acc.reduce(stats.clone(), reduction="mean") if self.world > 1 else stats
-        ips = torch.tensor([ips_local], device=self.device)
-        ips = self.acc.reduce(ips, reduction="sum") if self.world > 1 else ips
-        v = stats.tolist()  # the one host sync per tick
-        guard = self.check_guard()
-        metrics = {**guard, "loss/D": v[0], "D(x)": v[1], "D(G(z))": v[2], "loss/G": v[3], "img/s": ips.item(),
+        share = self.layout.per_rank / self.cfg.train.batch_size  # summed over ranks: the global batch's mean
+        skipped = float(self.data.skipped) if hasattr(self.data, "skipped") else 0.0
+        pack = torch.cat([stats * share, torch.tensor([ips_local, skipped, float(self._signal)], device=self.device)])
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(pack)  # signal numbers only add up to non-zero
+        v = torch.cat([pack, self._guard_state()]).tolist()  # the one host sync per tick
+        guard = self.check_guard(v[7:])
+        metrics = {**guard, "loss/D": v[0], "D(x)": v[1], "D(G(z))": v[2], "loss/G": v[3], "img/s": v[4],
                    "images_seen": self.step * self.cfg.train.batch_size * self.cfg.train.d_steps, **sched}
         if self.r1_last is not None:
             metrics["loss/R1"] = self.r1_last.item()
         if hasattr(self.data, "skipped"):  # bad samples skipped by the stream, all ranks
-            bad = torch.tensor([float(self.data.skipped)], device=self.device)
-            metrics["data/skipped"] = (self.acc.reduce(bad, reduction="sum") if self.world > 1 else bad).item()
+            metrics["data/skipped"] = v[5]
         tracker.log(self.step, metrics)
         for cb in self.callbacks:
             cb.on_log(self, local, metrics)
-        return metrics
+        return metrics, (self._signal or (int(signal.SIGTERM) if v[6] else 0))
 
     # ------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict:

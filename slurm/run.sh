@@ -6,7 +6,10 @@
 #   command returns: so srun runs in the background and we `wait` for it.
 # - The trap asks every process of the job step for a stop with `scancel --signal=USR1` (not the
 #   batch shell). node.sh makes the accelerate launcher ignore USR1 (it would die on it); the trainer
-#   processes handle it: they agree to stop across ranks, write one checkpoint and exit.
+#   processes handle it: they agree to stop across ranks at the next log tick, write one checkpoint,
+#   record RUN/status.json = stopped (before W&B closes) and leave together after a final barrier.
+# - The launcher's exit code is 1 for any non-zero code of its workers, so the requeue decision reads
+#   the state in RUN/status.json, not the code.
 # - This script, not the trainer, then requeues the job; the requeued job runs this script again and
 #   resumes from the latest checkpoint (train.resume=auto), with the same W&B run id.
 set -uo pipefail
@@ -22,7 +25,10 @@ on_signal() {
 }
 trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash slurm/node.sh "$CONFIG" "$RUN_DIR" "$@" &
+# Since Slurm 22.05 srun no longer inherits --cpus-per-task from sbatch: without it the one task per node
+# could get a single core for all its ranks and data workers.
+srun --ntasks-per-node=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} --kill-on-bad-exit=1 \
+  bash slurm/node.sh "$CONFIG" "$RUN_DIR" "$@" &
 srun_pid=$!
 rc=0
 while :; do

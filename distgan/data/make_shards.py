@@ -115,6 +115,8 @@ def write_shards(samples, total: int, out: Path, prefix: str, shard_size: int, f
     import webdataset as wds
     from tqdm import tqdm
 
+    from distgan.atomic import fsync_file
+
     out.mkdir(parents=True, exist_ok=True)
     shards, count, nbytes, shard, writer, tmp, shape = [], 0, 0, -1, None, None, None
 
@@ -123,6 +125,7 @@ def write_shards(samples, total: int, out: Path, prefix: str, shard_size: int, f
         if writer is not None:
             writer.close()
             final = out / f"{prefix}-{shard:06d}.tar"
+            fsync_file(tmp)
             os.replace(tmp, final)
             shards.append(final.name)
             nbytes += final.stat().st_size
@@ -202,7 +205,7 @@ def main(argv=None) -> int:
             f.unlink()
     summary = write_shards(samples, total, out, prefix, args.shard_size, args.format, not args.no_progress)
     summary.update({"source": args.source, "classes": len(classes), "class_names": classes[:1000]})
-    from distgan.checkpoint import atomic_write_text
+    from distgan.atomic import atomic_write_text
 
     atomic_write_text(out / f"{prefix}-meta.json", json.dumps(summary, indent=1) + "\n")
     last = len(summary["files"]) - 1

@@ -229,20 +229,24 @@ class ShardStream(IterableDataset):
 
 
 class StreamBatches:
-    """The trainer's view of a stream: the same ``batch(j, micro)`` interface as ``ShardedBatches``."""
+    """The trainer's view of a stream: the same ``batch(j, micro)`` interface as ``ShardedBatches``.
 
-    def __init__(self, urls: list[str], micro_batch: int, image_shape, rank: int, world: int, seed: int,
-                 workers: int, shuffle_buffer: int, device, start_step: int = 0, samples_per_epoch: int = 0,
-                 global_batch: int = 0):
-        self.stream = ShardStream(urls, "resampled", micro_batch, image_shape, rank, world, seed, shuffle_buffer,
-                                  start=start_step, num_workers=workers)
+    The stream yields this rank's share of each global batch (``layout.per_rank`` images); micro-batches
+    are cut from it as ``BatchLayout`` says, so uneven splits across ranks work as with MNIST."""
+
+    def __init__(self, urls: list[str], layout, image_shape, seed: int, workers: int, shuffle_buffer: int, device,
+                 start_step: int = 0, samples_per_epoch: int = 0):
+        self.layout = layout
+        self.stream = ShardStream(urls, "resampled", layout.per_rank, image_shape, layout.rank, layout.world, seed,
+                                  shuffle_buffer, start=start_step, num_workers=workers)
         self.loader = DataLoader(self.stream, batch_size=None, num_workers=workers,
                                  pin_memory=torch.device(device).type == "cuda",
                                  persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
         self.device = torch.device(device)
-        self.batches_per_epoch = max(1, samples_per_epoch // global_batch) if samples_per_epoch and global_batch else 1
+        self.batches_per_epoch = max(1, samples_per_epoch // layout.B) if samples_per_epoch else 1
         self._it = iter(self.loader)
         self._skipped: dict[int, int] = {}
+        self._j, self._images = None, None
 
     @property
     def skipped(self) -> int:
@@ -250,9 +254,12 @@ class StreamBatches:
         return sum(self._skipped.values())
 
     def batch(self, global_batch_index: int, micro: int = 0) -> torch.Tensor:
-        images, _, skipped, wid = next(self._it)
-        self._skipped[wid] = skipped
-        return images.to(self.device, non_blocking=True)
+        if global_batch_index != self._j:  # the next global batch: this rank's share of it, once
+            images, _, skipped, wid = next(self._it)
+            self._skipped[wid] = skipped
+            self._j, self._images = global_batch_index, images.to(self.device, non_blocking=True)
+        start, size = self.layout.micro_starts[micro], self.layout.micro_sizes[micro]
+        return self._images[start:start + size]
 
     def position(self, global_batch_index: int) -> tuple[int, int]:
         return divmod(global_batch_index, self.batches_per_epoch)

@@ -92,10 +92,11 @@ def main(argv=None) -> int:
     meta = {"test_accuracy": test_acc, "valid_accuracy": valid_acc, "epochs": args.epochs, "seed": args.seed,
             "batch_size": args.batch_size, "lr": args.lr, "train_images": "train[:50000]",
             "command": "python -m distgan.metrics.train_classifier " + " ".join(argv if argv is not None else sys.argv[1:])}
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in meta.items()})
-    os.replace(tmp, out)
+    from distgan.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in meta.items()})
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0
 

@@ -56,7 +56,7 @@ def test_preemption_checkpoints_requeues_and_finishes(cluster, tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "job.log"
     steps = 150
     p = sbatch(cluster, run_dir, log, overrides=[f"train.max_steps={steps}", "train.ckpt_every=1000",
-                                                 "train.log_every=5", "train.stop_check_every=5",
+                                                 "train.log_every=5",
                                                  "train.sample_every=1000", "wandb.mode=offline"])
     assert p.returncode == 0, p.stderr
     job = p.stdout.strip().split(";")[0]

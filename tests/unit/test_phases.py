@@ -25,17 +25,17 @@ def changed(before, m):
 def test_d_step_changes_d_not_g(trainer):
     g0, d0 = snapshot(trainer.G.net), snapshot(trainer.D.net)
     trainer.G.opt.zero_grad(set_to_none=True)
-    trainer.gan.d_step([trainer.real_batch(0, 0)], [trainer.noise(trainer.micro)])
+    trainer.gan.d_step([trainer.real_batch(0, 0)], [trainer.noise(trainer.micro_sizes[0])])
     assert changed(d0, trainer.D.net) and not changed(g0, trainer.G.net)
     assert all(p.grad is None for p in trainer.G.net.parameters()), "D's phase built a graph for G"
 
 
 def test_g_step_changes_g_not_d(trainer):
     g0 = snapshot(trainer.G.net)
-    trainer.gan.d_step([trainer.real_batch(0, 0)], [trainer.noise(trainer.micro)])  # D has momentum now
+    trainer.gan.d_step([trainer.real_batch(0, 0)], [trainer.noise(trainer.micro_sizes[0])])  # D has momentum now
     d1 = snapshot(trainer.D.net)
     trainer.D.opt.zero_grad(set_to_none=True)
-    trainer.gan.g_step([trainer.noise(trainer.micro)])
+    trainer.gan.g_step([trainer.noise(trainer.micro_sizes[0])])
     assert changed(g0, trainer.G.net) and not changed(d1, trainer.D.net)
     assert all(p.grad is None for p in trainer.D.net.parameters()), "G's phase computed D gradients"
     assert all(p.requires_grad for p in trainer.D.net.parameters()), "D left frozen after G's phase"

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from distgan.config import load
-from distgan.phases import GANStep, Net
 from distgan.trainer import Trainer
 
 SMALL = ["model.width=32", "train.batch_size=16", "train.progress=false", "wandb.mode=disabled", "ema.enabled=false"]
@@ -48,35 +47,134 @@ def test_compiled_equals_eager_after_every_step(tmp_path, data_dir):
     assert graphs[0] >= 4 and graphs == [graphs[0]] * 4, graphs
 
 
-def test_fp16_two_scalers_overflow_in_d_skips_only_d(tmp_path, data_dir):
-    tr = make(tmp_path, "s", data_dir)
-    scalers = {n: torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000) for n in "GD"}
-    G = Net(tr.G.net, tr.G.fwd, tr.G.train_fwd, tr.G.opt, scalers["G"], "G")
-    D = Net(tr.D.net, tr.D.fwd, tr.D.train_fwd, tr.D.opt, scalers["D"], "D")
-    gan = GANStep(tr.acc, G, D, tr.gan.loss, "no")
+FP16 = ["runtime.precision=fp16", "runtime.allow_cpu_fp16=true", "model.width=8"]
+
+
+def snap(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a, module):
+    return all(torch.equal(v, module.state_dict()[k]) for k, v in a.items())
+
+
+def test_fp16_overflow_in_d_skips_only_d_and_is_not_divergence(tmp_path, data_dir):
+    """Two scalers: D's scale made too large overflows D's scaled gradients (its loss stays finite): D's
+    update is skipped and counted as calibration (overflow), its scale halves; G steps, its scale unchanged."""
+    tr = make(tmp_path, "s", data_dir, FP16)
+    assert tr.precision == "fp16" and tr.G.scaler is not tr.D.scaler
+    tr.train_step(0)  # the scalers' scales exist from their first use on
+    tr.D.scaler.update(new_scale=2.0 ** 120)  # fp16 gradients times 2**120: inf
+    g_scale = tr.G.scaler.get_scale()
+    d0, g0 = snap(tr.D.net), snap(tr.G.net)
+    n = tr.micro_sizes[0]
+    tr.gan.d_step([tr.real_batch(0, 0)], [tr.noise(n)])
+    tr.gan.g_step([tr.noise(n)])
+    assert same(d0, tr.D.net), "D's overflowing step was applied"
+    assert not same(g0, tr.G.net), "G's step was skipped too"
+    assert tr.D.scaler.get_scale() == 2.0 ** 119 and tr.G.scaler.get_scale() == g_scale
+    assert tr.gan.overflow.tolist() == [1.0, 0.0] and tr.gan.skipped.tolist() == [0.0, 0.0]
+    assert tr.check_guard()["amp/overflow/D"] == 1.0  # reported, and no Diverged even under nonfinite=stop
+    tr.cfg.train.nonfinite = "stop"
+    tr.check_guard()
+
+
+def test_fp16_nan_loss_is_divergence_not_overflow(tmp_path, data_dir):
+    """A NaN in the data makes the loss non-finite at any scale: the guard's business, not the scaler's."""
+    tr = make(tmp_path, "n", data_dir, [*FP16, "train.nonfinite=stop"])
     x = tr.real_batch(0, 0).clone()
-    x[0] = float("inf")  # D's loss and gradients overflow
-    d0 = {k: v.detach().clone() for k, v in tr.D.net.named_parameters()}
-    g0 = {k: v.detach().clone() for k, v in tr.G.net.named_parameters()}
-    gan.d_step([x], [tr.noise(tr.micro)])
-    gan.g_step([tr.noise(tr.micro)])
-    assert all(torch.equal(v, d0[k]) for k, v in tr.D.net.named_parameters()), "D's overflowing step was applied"
-    assert any(not torch.equal(v, g0[k]) for k, v in tr.G.net.named_parameters()), "G's step was skipped too"
-    assert scalers["D"].get_scale() == 512.0 and scalers["G"].get_scale() == 1024.0
-    assert gan.skipped.tolist() == [1.0, 0.0]
-    # the next clean D step goes through, and D's scale is updated once for it
-    gan.d_step([tr.real_batch(1, 0)], [tr.noise(tr.micro)])
-    assert any(not torch.equal(v, d0[k]) for k, v in tr.D.net.named_parameters())
-    assert scalers["D"].get_scale() == 512.0
+    x[0, 0, 0, 0] = float("nan")
+    d0 = snap(tr.D.net)
+    tr.gan.d_step([x], [tr.noise(tr.micro_sizes[0])])
+    assert same(d0, tr.D.net)
+    assert tr.gan.skipped.tolist() == [1.0, 0.0] and tr.gan.overflow.tolist() == [0.0, 0.0]
+    from distgan.errors import Diverged
+
+    with pytest.raises(Diverged, match="train.nonfinite=stop"):
+        tr.check_guard()
 
 
-def test_fp16_on_cpu_is_refused():
+def test_fp16_with_r1_steps_on(tmp_path, data_dir):
+    """fp16 + lazy R1 with fused Adam: the R1 update runs unscaled, and the next fp16 D step still works
+    (it used to leave opt.grad_scale = None behind: the GradScaler then computed scale * None)."""
+    tr = make(tmp_path, "r1", data_dir, [*FP16, "model.generator=dcgan28", "model.discriminator=dcgan28",
+                                         "model.noise=normal", "loss.r1_gamma=1", "loss.r1_every=1"])
+    assert tr.D.opt.defaults.get("fused")
+    for step in range(3):  # D, R1, G each step
+        d0 = snap(tr.D.net)
+        d, g = tr.train_step(step)
+        assert torch.isfinite(d).all() and torch.isfinite(g).all() and torch.isfinite(tr.r1_last).all()
+        assert not same(d0, tr.D.net)
+    assert not hasattr(tr.D.opt, "grad_scale") and not hasattr(tr.D.opt, "found_inf")
+
+
+def test_fp16_scaler_calibration_never_trips_the_guard_and_resumes_with_its_scale(tmp_path, data_dir):
+    """Scales starting at 2**40 overflow for ~25 steps in both networks while they calibrate; with
+    train.nonfinite=stop and a skip streak of 3 the run must still finish (the old guard counted these
+    as divergence). The checkpoint keeps both scales; a resume restores them."""
+    run = ["train.max_steps=40", "train.log_every=10", "train.ckpt_every=40", "train.nonfinite=stop",
+           "train.max_skip_streak=3", "runtime.fp16_init_scale=1099511627776"]
+    tr = make(tmp_path, "cal", data_dir, [*FP16, *run])
+    logged = tr.train()
+    assert logged["skipped/D"] == 0 and logged["amp/overflow/D"] >= 20 and logged["amp/overflow/G"] >= 20
+    assert logged["amp/scale/D"] <= 2.0 ** 20  # 20 or more halvings from 2**40
+    saved = torch.load(tr.ckpt_root / "step-000000040" / "state.pt", weights_only=True)
+    again = make(tmp_path, "cal", data_dir, [*FP16, *run, "train.resume=auto", "train.max_steps=41"])
+    assert again.step == 40
+    for net, key in ((again.D, "scaler_D"), (again.G, "scaler_G")):
+        assert net.scaler.get_scale() == saved[key]["scale"] == logged[f"amp/scale/{net.name}"]
+
+
+def test_fused_sgd_after_a_skipped_first_step_starts_from_zero_momentum():
+    """torch's fused SGD allocates momentum buffers with empty_like on its first step; a skipped first step
+    used to leave garbage there. distgan starts them at zero: the first real step is torch's first step."""
+    from distgan.config import load
+    from distgan.trainer import build_optimizer
+
+    cfg = load(None, ["optim.name=sgd", "optim.momentum=0.5"], env={})
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)
+    b.load_state_dict(a.state_dict())
+    opt_a = build_optimizer(cfg, a.parameters(), 0.1)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.5, fused=True)  # torch alone, no skip
+    assert opt_a.defaults["fused"]
+    for p in a.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    opt_a.found_inf = torch.ones(())
+    opt_a.step()  # skipped in the kernel
+    del opt_a.found_inf
+    assert all(torch.equal(opt_a.state[p]["momentum_buffer"], torch.zeros_like(p)) for p in a.parameters())
+    g = [torch.randn_like(p) for p in a.parameters()]
+    for p, q, gi in zip(a.parameters(), b.parameters(), g):
+        p.grad, q.grad = gi.clone(), gi.clone()
+    opt_a.step()
+    opt_b.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+        assert torch.equal(opt_a.state[p]["momentum_buffer"], opt_b.state[q]["momentum_buffer"])
+
+
+def test_fp16_on_cpu_is_refused_without_the_test_switch():
     from distgan.config import ConfigError
     from distgan.runtime import resolve_precision
 
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", torch.device("cpu"))
-    assert resolve_precision("auto", torch.device("cpu")) == "no"
+    assert resolve_precision("fp16", torch.device("cpu"), allow_cpu_fp16=True)[0] == "fp16"
+    assert resolve_precision("auto", torch.device("cpu")) == ("no", "auto: no GPU, fp32")
+
+
+def test_auto_precision_ignores_emulated_bf16(monkeypatch):
+    """A V100 or T4 'supports' bf16 only by emulation (slower than fp32): auto must not pick it. The GPU
+    cannot exist here; torch's two answers for such a device are stood in."""
+    from distgan.runtime import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-32GB")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    prec, why = resolve_precision("auto", torch.device("cuda", 0))
+    assert prec == "no" and "V100" in why and "no native bf16" in why
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_precision("auto", torch.device("cuda", 0))[0] == "bf16"
 
 
 def test_launcher_mixed_precision_is_refused(monkeypatch):

@@ -1,0 +1,48 @@
+"""The private torch APIs distgan relies on, in one place, each with why it is needed.
+
+``tests/unit/test_torch_private.py`` calls every one of them, so a torch release that removes or changes
+one fails there, loudly and by name, instead of deep inside a training run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def non_finite_flag(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """A float32 0-d tensor on the tensors' device: 1.0 if any element is inf or NaN, else 0.0.
+
+    Why private: ``torch._amp_foreach_non_finite_check_and_unscale_`` is the one kernel that checks a list
+    of tensors on the device without a host sync (GradScaler's own check); the public alternatives
+    (``torch.isfinite(t).all()`` per tensor) launch two kernels per tensor. Multiplying by 1 is exact.
+    """
+    if not tensors:
+        return torch.zeros(())
+    found = torch.zeros((), device=tensors[0].device)
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones((), device=found.device))
+    return found
+
+
+def fused_optimizer_devices() -> list[str]:
+    """Device types with fused Adam/SGD kernels (one kernel for all tensors, and an on-device skip).
+
+    Why private: ``torch.utils._foreach_utils._get_fused_kernels_supported_devices`` is where torch keeps
+    that list; asking for ``fused=True`` elsewhere raises.
+    """
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return list(_get_fused_kernels_supported_devices())
+
+
+def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One contiguous 1-d tensor holding ``tensors`` (so one all-reduce moves them all).
+
+    Why private: ``torch._utils._flatten_dense_tensors`` is what DDP's own bucketing uses; ``torch.cat``
+    of flattened views does the same at the cost of a Python loop.
+    """
+    return torch._utils._flatten_dense_tensors(tensors)
+
+
+def unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of ``flat`` shaped like ``like`` (the inverse of :func:`flatten`)."""
+    return list(torch._utils._unflatten_dense_tensors(flat, like))

@@ -1,0 +1,50 @@
+"""Every shipped config, as shipped, for a few steps on the ranks of one process group.
+
+Launched with ``accelerate launch --num_processes N``; one process group serves every config in turn (a
+process group per config would spend most of the test starting interpreters). Uses the public Trainer:
+``distgan.train.main`` ends its process group when a run ends. Rank 0 writes OUT/<config>.json.
+
+    python configs_worker.py OUT SHARDS_64 SHARDS_STACKED [config ...]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from distgan.config import load  # noqa: E402
+from distgan.trainer import Trainer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = ["train.max_steps=2", "train.ckpt_every=2", "train.log_every=1", "train.sample_every=0", "train.progress=false",
+         "runtime.pg_timeout_s=120", "train.consistency_every=1", "wandb.mode=disabled"]
+
+
+def main():
+    out, shards64, stacked = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    names = sys.argv[4:] or sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    data = {"webdataset_64": [f"data.urls={shards64}", "data.workers=1"],
+            "webdataset_64_in_memory": [f"data.urls={shards64}", "data.in_memory=true"],
+            "stacked_mnist": [f"data.urls={stacked}", "data.workers=1", "eval.num=200", "eval.block=20"]}
+    for name in names:
+        config = REPO / "configs" / f"{name.replace('_in_memory', '')}.yaml"
+        # evaluation as configured, on few samples: blocks of 20 spread over every rank
+        extra = data.get(name, ["eval.num=200", "eval.block=20"])
+        cfg = load(config, [*STEPS, *extra])
+        tr = Trainer(cfg, out / "runs" / name)
+        logged = tr.train()
+        if tr.rank == 0:
+            (out / f"{name}.json").write_text(json.dumps({
+                "world": tr.world, "step": tr.step, "rank_sizes": tr.layout.rank_sizes,
+                "micro_sizes": tr.layout.micro_sizes, "loss/D": logged["loss/D"], "images_seen": logged["images_seen"],
+                "checkpoint": str(tr.ckpt_root / "step-000000002")}))
+        del tr
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
