@@ -1,7 +1,7 @@
 """Throughput benchmark: the trainer's loop (eager and compiled) against a textbook loop, one table.
 
-    python -m distgan.bench --config configs/mnist_paper.yaml [--steps 200] [--compile both|on|off]
-                            [--precision no|bf16|fp16|auto] [--repeats 3] [--quick]
+    python -m distgan.bench --config configs/mnist_paper.yaml [--steps 200] [--compile off,on,reduce-overhead]
+                            [--precision no,bf16,fp16,auto] [--repeats 3] [--quick]
     python -m distgan.bench --stream --config configs/webdataset_64.yaml data.urls='shards/train-{000000..000009}.tar'
     python -m distgan.bench --data-only --config configs/webdataset_64.yaml data.urls='...'
 
@@ -16,7 +16,13 @@ noise) and the table prints each one's FLOPs per image, counted by torch's FlopC
 step, so no speed can come from doing less. The textbook loop is what most GAN tutorials write:
 torchvision's MNIST dataset with per-sample ToTensor/Normalize through a DataLoader, eager fp32,
 separate real/fake D passes, a G step that also computes D's gradients, default optimizers and
-``.item()`` on both losses every step.
+``.item()`` on both losses every step, fp32 (TF32 off, cuDNN's too).
+
+Besides images/s the table prints, per step: *kernels* (operations that reach torch's dispatcher and are
+not views: each is at least one kernel launch on a GPU; on a GPU the profiler's CUDA kernel count), and
+*host ms*: the same loop on the same device with the networks at width 8 and a batch of 8, where the
+arithmetic is negligible and what is left is Python, dispatch and launches. On a GPU, a step cannot be
+faster than its host time: the launch-bound ceiling.
 """
 
 from __future__ import annotations
@@ -32,10 +38,79 @@ import time
 
 import torch
 
-# Dense peak TFLOP/s by device-name fragment (for the achieved fraction on GPUs).
-GPU_PEAK_TFLOPS = {"H200": {"bf16": 989.0, "fp16": 989.0, "no": 494.0},  # fp32 via TF32 tensor cores
-                   "H100": {"bf16": 989.0, "fp16": 989.0, "no": 494.0},
-                   "A100": {"bf16": 312.0, "fp16": 312.0, "no": 156.0}}
+# Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets, by precision: fp32 is the CUDA cores' rate
+# (what runs when TF32 is off), tf32/bf16/fp16 the tensor cores'. Matched in order: a PCIe or NVL part must
+# not get its SXM sibling's figures.
+GPU_PEAKS = [
+    (r"H200.*NVL", "H200 NVL", {"fp32": 60.0, "tf32": 418.0, "bf16": 835.0, "fp16": 835.0}),
+    (r"H200", "H200 SXM", {"fp32": 67.0, "tf32": 494.0, "bf16": 989.0, "fp16": 989.0}),
+    (r"H100.*NVL", "H100 NVL", {"fp32": 60.0, "tf32": 418.0, "bf16": 835.0, "fp16": 835.0}),
+    (r"H100.*PCIe", "H100 PCIe", {"fp32": 51.0, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}),
+    (r"H100", "H100 SXM", {"fp32": 67.0, "tf32": 494.0, "bf16": 989.0, "fp16": 989.0}),
+    (r"A100", "A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}),
+    (r"L40S", "L40S", {"fp32": 91.6, "tf32": 183.0, "bf16": 362.0, "fp16": 362.0}),
+    (r"V100", "V100", {"fp32": 15.7, "fp16": 125.0}),
+    (r"T4\b", "T4", {"fp32": 8.1, "fp16": 65.0}),
+]
+
+
+def gpu_peak(name: str, precision: str) -> tuple[str, float] | None:
+    """(the part, its dense peak TFLOP/s for ``precision`` (fp32, tf32, bf16, fp16)) or None if unknown."""
+    import re
+
+    for pattern, part, peaks in GPU_PEAKS:
+        if re.search(pattern, name):
+            return (part, peaks[precision]) if precision in peaks else None
+    return None
+
+
+def precision_label(precision: str, device: torch.device, tf32: bool) -> str:
+    """The arithmetic a row really runs: 'no' is TF32 on a GPU that allows it, else true fp32."""
+    if precision in ("bf16", "fp16"):
+        return precision
+    return "tf32" if device.type == "cuda" and tf32 else "fp32"
+
+
+class OpCounter:
+    """Counts operations that reach the dispatcher and are not views (each is at least one GPU kernel)."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if not func.is_view and func.namespace != "profiler":
+                    counter.n += 1
+                return func(*args, **(kwargs or {}))
+
+        self.n, self._mode = 0, Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+
+
+def kernels_per_step(step, device: torch.device, compiled: bool, n: int = 3) -> float | None:
+    """Kernels one call of ``step`` launches: the CUDA profiler's count on a GPU; on a CPU the dispatcher's
+    non-view operations (None for compiled code: inductor's CPU kernels are not visible there)."""
+    if device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                step()
+            torch.cuda.synchronize(device)
+        return sum(1 for e in prof.events() if e.device_type.name == "CUDA") / n
+    if compiled:
+        return None
+    with OpCounter() as c:
+        for _ in range(n):
+            step()
+    return c.n / n
 
 
 def _sync(device) -> None:
@@ -59,31 +134,41 @@ def _peak_mem_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # whole process, KiB on Linux
 
 
-def row_trainer(cfg, steps: int, warmup: int) -> dict:
+def row_trainer(cfg, steps: int, warmup: int, host: bool = True) -> dict:
     """The trainer's own loop body: schedule, Algorithm-1 step, metrics accumulated on device."""
     from distgan.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="distgan-bench-") as run_dir:  # config.yaml, runs.jsonl: removed after
-        return _row_trainer(Trainer(cfg, run_dir), cfg, steps, warmup, time.perf_counter())
+        out = _row_trainer(Trainer(cfg, run_dir), cfg, steps, warmup, time.perf_counter())
+    if host:  # the same loop with the arithmetic taken away: what is left is host time
+        from distgan.config import build
+
+        tiny = build({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "width": 8},
+                      "train": {**cfg.to_dict()["train"], "batch_size": 8, "grad_accum": 1},
+                      "ema": {**cfg.to_dict()["ema"], "bn_batches": 0}})
+        out["host_ms"] = 1e3 * row_trainer(tiny, steps, warmup, host=False)["s_per_step"]
+    return out
 
 
 def _row_trainer(tr, cfg, steps: int, warmup: int, t_build: float) -> dict:
     dev = tr.device
     acc = torch.zeros(4, device=dev)
-    t0 = time.perf_counter()
-    for s in range(warmup):  # includes compilation when enabled
+
+    def step(s):
         tr.apply_schedule(s)
         d, g = tr.train_step(s)
-        acc += torch.cat([d, g])
+        acc.add_(torch.cat([d, g]))
+
+    t0 = time.perf_counter()
+    for s in range(warmup):  # includes compilation when enabled
+        step(s)
     _sync(dev)
     warm_s = time.perf_counter() - t0
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     for s in range(warmup, warmup + steps):
-        tr.apply_schedule(s)
-        d, g = tr.train_step(s)
-        acc += torch.cat([d, g])
+        step(s)
     acc.tolist()  # the loop reads metrics every log_every steps; once here
     _sync(dev)
     dt = (time.perf_counter() - t0) / steps
@@ -106,10 +191,16 @@ def _row_trainer(tr, cfg, steps: int, warmup: int, t_build: float) -> dict:
         tr.gan.end_step()
         _sync(dev)
         phases["G"] += time.perf_counter() - a
-    flops = _flops(lambda: tr.train_step(0)) if not cfg.compile.enabled else None
+    s_next = warmup + steps + n_ph
+    kernels = kernels_per_step(lambda: step(s_next), dev, cfg.compile.enabled)
+    # FLOPs of the maths, counted eagerly (compiled code runs inductor kernels the counter cannot see)
+    with torch.compiler.set_stance("force_eager"):
+        flops = _flops(lambda: tr.train_step(0))
     return {"s_per_step": dt, "phases_ms": {p: 1e3 * v / n_ph for p, v in phases.items()}, "flops_step": flops,
-            "warmup_s": warm_s, "build_s": t0 - t_build - warm_s, "precision": tr.precision,
-            "device": str(dev), "peak_mem_mb": _peak_mem_mb(dev)}
+            "kernels_step": kernels, "warmup_s": warm_s, "compile_s": warm_s - warmup * dt,
+            "build_s": t0 - t_build - warm_s,
+            "precision": precision_label(tr.precision, dev, cfg.runtime.tf32), "device": str(dev),
+            "peak_mem_mb": _peak_mem_mb(dev)}
 
 
 def row_textbook(cfg, steps: int, warmup: int) -> dict:
@@ -122,6 +213,8 @@ def row_textbook(cfg, steps: int, warmup: int) -> dict:
     from distgan.networks import build_networks
 
     dev = torch.device("cuda" if torch.cuda.is_available() and not cfg.runtime.cpu else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = False  # a tutorial's fp32: torch's default for matmuls, and
+    torch.backends.cudnn.allow_tf32 = False  # not cuDNN's (whose default is TF32 for convolutions)
     torch.manual_seed(cfg.train.seed)
     G, D = build_networks(cfg)
     G, D = G.to(dev), D.to(dev)
@@ -193,7 +286,8 @@ def row_textbook(cfg, steps: int, warmup: int) -> dict:
     for _ in range(n_ph):
         step(timed=True)
     return {"s_per_step": dt, "phases_ms": {p: 1e3 * v / n_ph for p, v in phases.items()},
-            "flops_step": _flops(step), "warmup_s": None, "build_s": None, "precision": "no", "device": str(dev),
+            "flops_step": _flops(step), "kernels_step": kernels_per_step(step, dev, False), "host_ms": None,
+            "warmup_s": None, "build_s": None, "precision": "fp32", "device": str(dev),
             "peak_mem_mb": _peak_mem_mb(dev)}
 
 
@@ -278,8 +372,10 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="configs/mnist_paper.yaml")
     p.add_argument("--steps", type=int, default=200, help="timed steps per row (default %(default)s)")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps first (compilation happens here)")
-    p.add_argument("--compile", choices=["both", "on", "off"], default="both", help="trainer rows to run")
-    p.add_argument("--precision", default="no", help="trainer precision: no, bf16, fp16, auto (default %(default)s)")
+    p.add_argument("--compile", default="off,on",
+                   help="trainer rows: comma list of off, on, reduce-overhead (CUDA graphs, GPU only); both = off,on")
+    p.add_argument("--precision", default="no",
+                   help="trainer rows: comma list of no, bf16, fp16, auto (default %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is shown")
     p.add_argument("--quick", action="store_true",
                    help="a few steps, one round, rows in this process: checks that every row runs (no figures to quote)")
@@ -296,18 +392,34 @@ def main(argv=None) -> int:
         args.steps, args.warmup, args.repeats = 5, 2, 1
     if args.stream or args.data_only:
         return _main_stream(args)
-    rows = [("textbook", "eager", [])]
-    prec = [f"runtime.precision={args.precision}"]
-    if args.compile in ("both", "off"):
-        rows.append(("trainer", "eager", prec + ["compile.enabled=false"]))
-    if args.compile in ("both", "on"):
-        rows.append(("trainer", "compiled", prec + ["compile.enabled=true"]))
+    try:
+        rows = [("textbook", "eager", []), *trainer_rows(args.precision, args.compile)]
+    except ValueError as e:
+        print(f"distgan: {e}", file=sys.stderr)
+        return 2
     results: dict[int, list[dict]] = {i: [] for i in range(len(rows))}
     for _ in range(args.repeats):
         for i, (row, _, ov) in enumerate(rows):
             results[i].append(_spawn(args, row, ov))
     _print_table(args, rows, results)
     return 0
+
+
+COMPILE_MODES = {"off": ("eager", ["compile.enabled=false"]),
+                 "on": ("compiled", ["compile.enabled=true", "compile.mode=default"]),
+                 "reduce-overhead": ("cudagraph", ["compile.enabled=true", "compile.mode=reduce-overhead"])}
+
+
+def trainer_rows(precisions: str, compiles: str) -> list[tuple[str, str, list[str]]]:
+    """(loop, mode, overrides) for every precision x compile mode asked for."""
+    modes = [m.strip() for m in compiles.replace("both", "off,on").split(",") if m.strip()]
+    precs = [p.strip() for p in precisions.split(",") if p.strip()]
+    bad = [m for m in modes if m not in COMPILE_MODES] + [p for p in precs if p not in ("no", "bf16", "fp16", "auto")]
+    if bad or not modes or not precs:
+        raise ValueError(f"unknown --compile/--precision value(s) {bad}; --compile takes off,on,reduce-overhead "
+                         f"and --precision no,bf16,fp16,auto")
+    return [("trainer", COMPILE_MODES[m][0], [f"runtime.precision={p}", *COMPILE_MODES[m][1]])
+            for p in precs for m in modes]
 
 
 def _main_stream(args) -> int:
@@ -358,43 +470,55 @@ def _print_table(args, rows, results) -> None:
     from distgan.config import load
 
     cfg = load(args.config, args.overrides)
-    imgs = cfg.train.batch_size * cfg.train.d_steps  # real images per step (the same for both loops)
-    first = results[0][0]
     med = {i: min(rs, key=lambda r: abs(r["s_per_step"] - statistics.median(x["s_per_step"] for x in rs)))
            for i, rs in results.items()}
+    print(format_table(args.config, cfg, rows, med, args.steps, args.repeats))
+
+
+def format_table(config: str, cfg, rows, med: dict, steps: int, repeats: int) -> str:
+    """The bench table as text: one line per row, then the references and the launch-bound ceiling."""
+    imgs = cfg.train.batch_size * cfg.train.d_steps
+    first = med[0]
+    gpu = first.get("gpu", "")
+    out = [f"distgan.bench | config {config} | batch {cfg.train.batch_size} | k={cfg.train.d_steps} | "
+           f"torch {first['torch']} | device {first['device']}{' ' + gpu if gpu else ''} | threads {first['threads']} "
+           f"| {steps} timed steps, median of {repeats}"]
+    hdr = (f"{'loop':<9}{'mode':<10}{'prec':<6}{'img/s':>9}{'ms/step':>9}{'ratio':>7}{'kernels':>8}{'host ms':>8}"
+           f"{'data ms':>8}{'D ms':>8}{'G ms':>8}{'MFLOP/img':>10}{'TFLOP/s':>9}{'% peak':>8}{'peak MB':>8}{'compile s':>10}")
+    out += [hdr, "-" * len(hdr)]
     base_ips = imgs / med[0]["s_per_step"]
-    flops_ref = med[0]["flops_step"]
-    print(f"distgan.bench | config {args.config} | batch {cfg.train.batch_size} | k={cfg.train.d_steps} | "
-          f"torch {first['torch']} | device {first['device']}{' ' + first.get('gpu', '') if first.get('gpu') else ''} "
-          f"| threads {first['threads']} | {args.steps} timed steps, median of {args.repeats}")
-    hdr = (f"{'loop':<9}{'mode':<10}{'prec':<6}{'img/s':>9}{'ms/step':>9}{'ratio':>7}{'data ms':>9}{'D ms':>8}"
-           f"{'G ms':>8}{'MFLOP/img':>11}{'GFLOP/s':>9}{'peak MB':>9}{'compile s':>10}")
-    print(hdr)
-    print("-" * len(hdr))
+    na = float("nan")
     for i, (row, mode, _) in enumerate(rows):
         r = med[i]
         ips = imgs / r["s_per_step"]
-        f = r["flops_step"] if r["flops_step"] is not None else (med[1]["flops_step"] if len(med) > 1 else None)
-        gf = f / r["s_per_step"] / 1e9 if f else float("nan")
-        compile_s = r["warmup_s"] - args.warmup * r["s_per_step"] if r["warmup_s"] is not None and mode == "compiled" else None
+        f = r.get("flops_step")
+        tflops = f / r["s_per_step"] / 1e12 if f else na
+        peak = gpu_peak(gpu, r["precision"]) if gpu else None
+        pct = f"{100 * tflops / peak[1]:.2f}" if peak and f else "-"
+        compile_s = r.get("compile_s") if mode != "eager" else None
         ph = r["phases_ms"]
-        print(f"{row:<9}{mode:<10}{r['precision']:<6}{ips:>9.0f}{1e3 * r['s_per_step']:>9.2f}{ips / base_ips:>7.2f}"
-              f"{ph['data']:>9.2f}{ph['D']:>8.2f}{ph['G']:>8.2f}{(f or float('nan')) / imgs / 1e6:>11.2f}{gf:>9.1f}"
-              f"{r['peak_mem_mb']:>9.0f}{(f'{compile_s:.1f}' if compile_s is not None else '-'):>10}")
-    print(f"reference: fp32 GEMMs of the model's Linear shapes run at {first['gemm_gflops']:.1f} GFLOP/s on this device")
-    print(f"textbook FLOPs/step {flops_ref / 1e9:.2f} GFLOP; trainer FLOPs/step "
-          f"{(med[1]['flops_step'] or float('nan')) / 1e9 if len(med) > 1 else float('nan'):.2f} GFLOP "
-          f"(the trainer skips D's weight gradients in G's step)")
-    gpu = first.get("gpu", "")
-    for frag, peaks in GPU_PEAK_TFLOPS.items():
-        if frag in gpu:
-            for i, (row, mode, _) in enumerate(rows):
-                r = med[i]
-                f = r["flops_step"] or med[1]["flops_step"]
-                print(f"  {row} {mode}: {f / r['s_per_step'] / 1e12:.2f} TFLOP/s = "
-                      f"{100 * f / r['s_per_step'] / 1e12 / peaks[r['precision']]:.2f}% of {gpu} dense peak")
-    print("peak MB: CUDA max allocated on a GPU; on a CPU the process's max RSS")
-
+        kern = f"{r['kernels_step']:.0f}" if r.get("kernels_step") is not None else "-"
+        host = f"{r['host_ms']:.2f}" if r.get("host_ms") is not None else "-"
+        out.append(f"{row:<9}{mode:<10}{r['precision']:<6}{ips:>9.0f}{1e3 * r['s_per_step']:>9.2f}{ips / base_ips:>7.2f}"
+                   f"{kern:>8}{host:>8}{ph['data']:>8.2f}{ph['D']:>8.2f}{ph['G']:>8.2f}"
+                   f"{(f or na) / imgs / 1e6:>10.2f}{tflops:>9.3f}{pct:>8}{r['peak_mem_mb']:>8.0f}"
+                   f"{(f'{compile_s:.1f}' if compile_s is not None else '-'):>10}")
+    if first.get("gemm_gflops"):
+        out.append(f"reference: fp32 GEMMs of the model's Linear shapes run at {first['gemm_gflops']:.1f} GFLOP/s here")
+    if gpu and (p := gpu_peak(gpu, "bf16")):
+        out.append(f"% peak: of the {p[0]}'s dense datasheet peak for the row's precision (fp32 = CUDA cores, "
+                   f"tf32/bf16/fp16 = tensor cores)")
+    elif gpu:
+        out.append(f"% peak: no datasheet figures for {gpu!r} in distgan.bench.GPU_PEAKS")
+    trainer = [med[i] for i, (row, _, _) in enumerate(rows) if row == "trainer" and med[i].get("host_ms")]
+    if trainer:
+        h = min(r["host_ms"] for r in trainer)
+        out.append(f"launch-bound ceiling: {h:.2f} ms of host time per step even with no arithmetic, so at most "
+                   f"{1e3 / h:.0f} steps/s = {imgs * 1e3 / h:.0f} img/s per process at this batch; more images per "
+                   f"step (a larger per-GPU batch) or fewer launches (CUDA graphs) raise it")
+    out.append("kernels: dispatched non-view ops per step (CUDA profiler kernels on a GPU); host ms: the same loop at "
+               "width 8 and batch 8; peak MB: CUDA max allocated on a GPU, else the process's max RSS")
+    return "\n".join(out)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -70,10 +70,18 @@ class GANStep:
         self.streak, self.max_streak, self._step_found = z(()), z(()), z(())
         self.overflow_streak, self.max_overflow_streak = z(2), z(())
 
+    @staticmethod
+    def _loss_check(bad, loss: torch.Tensor, scaler):
+        """fp16 only: count micro-steps with a non-finite loss (what tells divergence from a scaler overflow);
+        other precisions treat every non-finite gradient as divergence and skip this."""
+        if scaler is None:
+            return None
+        return _accumulate(bad, (~torch.isfinite(loss.detach())).float())
+
     def _sync(self, module: nn.Module, last: bool):
         return contextlib.nullcontext() if last else self.acc.no_sync(module)
 
-    def _update(self, n: Net, index: int, bad_loss: torch.Tensor, scaled: bool) -> None:
+    def _update(self, n: Net, index: int, bad_loss: torch.Tensor | None, scaled: bool) -> None:
         """Step ``n``'s optimizer unless its gradients are non-finite; count why an update was skipped.
 
         ``bad_loss``: 1 if this rank's loss was non-finite in any micro-step. ``scaled``: the gradients
@@ -123,9 +131,8 @@ class GANStep:
         G, D = self.G, self.D
         D.net.requires_grad_(True)
         D.opt.zero_grad(set_to_none=True)
-        n = len(reals)
-        stats = torch.zeros(3, device=self.device)
-        bad = torch.zeros((), device=self.device)
+        n, total = len(reals), sum(x.shape[0] for x in reals)
+        stats = bad = None
         for i, (x, z) in enumerate(zip(reals, noises)):
             with self._sync(D.train_fwd, last=i == n - 1):
                 with torch.no_grad(), autocast(self.precision, self.device):
@@ -135,10 +142,9 @@ class GANStep:
                     real_l, fake_l = logits.chunk(2)
                     loss = self.loss.d(real_l, fake_l)
                 self._backward(loss * self.weights[i], D.scaler)
-            share = x.shape[0] / sum(r.shape[0] for r in reals)
-            stats += torch.stack([loss.detach(), torch.sigmoid(real_l.detach()).mean(),
-                                  torch.sigmoid(fake_l.detach()).mean()]) * share
-            bad += ~torch.isfinite(loss.detach())
+            s = torch.stack([loss.detach(), torch.sigmoid(real_l.detach()).mean(), torch.sigmoid(fake_l.detach()).mean()])
+            stats = _accumulate(stats, s if n == 1 else s * (x.shape[0] / total))
+            bad = self._loss_check(bad, loss, D.scaler)
         self._update(D, 0, bad, scaled=True)
         return stats
 
@@ -148,18 +154,16 @@ class GANStep:
         D.net.requires_grad_(True)
         D.opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
-        bad = torch.zeros((), device=self.device)
+        n = sum(x.shape[0] for x in reals)
         for x, w in zip(reals, self.weights):
             x = x.detach().float().requires_grad_(True)
             (grad,) = torch.autograd.grad(D.net(x).sum(), x, create_graph=True)
             penalty = grad.square().flatten(1).sum(1).mean()
             (penalty * (gamma / 2 * interval * w)).backward()
-            share = x.shape[0] / sum(r.shape[0] for r in reals)
-            total += penalty.detach() * share
-            bad += ~torch.isfinite(penalty.detach())
+            total += penalty.detach() * (x.shape[0] / n)
         if self.world > 1:
             all_reduce_mean_([p.grad for p in D.net.parameters() if p.grad is not None])
-        self._update(D, 0, bad, scaled=False)  # fp32, unscaled: no loss scale to undo
+        self._update(D, 0, None, scaled=False)  # fp32, unscaled: no loss scale to undo
         return total.unsqueeze(0)
 
     def g_step(self, noises: list[torch.Tensor]) -> torch.Tensor:
@@ -167,18 +171,23 @@ class GANStep:
         G, D = self.G, self.D
         D.net.requires_grad_(False)
         G.opt.zero_grad(set_to_none=True)
-        n = len(noises)
-        stats = torch.zeros(1, device=self.device)
-        bad = torch.zeros((), device=self.device)
+        n, total = len(noises), sum(z.shape[0] for z in noises)
+        stats = bad = None
         try:
             for i, z in enumerate(noises):
                 with self._sync(G.train_fwd, last=i == n - 1):
                     with autocast(self.precision, self.device):
                         loss = self.loss.g(D.fwd(G.train_fwd(z)).float())
                     self._backward(loss * self.weights[i], G.scaler)
-                stats += loss.detach() * (z.shape[0] / sum(x.shape[0] for x in noises))
-                bad += ~torch.isfinite(loss.detach())
+                s = loss.detach().reshape(1)
+                stats = _accumulate(stats, s if n == 1 else s * (z.shape[0] / total))
+                bad = self._loss_check(bad, loss, G.scaler)
         finally:
             D.net.requires_grad_(True)
         self._update(G, 1, bad, scaled=True)
         return stats
+
+
+def _accumulate(acc: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """acc + x, without the zeros tensor and the add of a first micro-step (one kernel each per step)."""
+    return x if acc is None else acc + x

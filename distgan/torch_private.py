@@ -18,9 +18,15 @@ def non_finite_flag(tensors: list[torch.Tensor]) -> torch.Tensor:
     """
     if not tensors:
         return torch.zeros(())
-    found = torch.zeros((), device=tensors[0].device)
-    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones((), device=found.device))
+    dev = tensors[0].device
+    found = torch.zeros((), device=dev)
+    if dev not in _ONES:
+        _ONES[dev] = torch.ones((), device=dev)
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, _ONES[dev])
     return found
+
+
+_ONES: dict = {}
 
 
 def fused_optimizer_devices() -> list[str]:

@@ -50,17 +50,23 @@ def build_optimizer(cfg: Config, params, lr: float) -> torch.optim.Optimizer:
     return opt
 
 
+_CHECKSUM_WEIGHTS: dict = {}
+
+
 def param_checksums(modules: dict[str, nn.Module], device) -> tuple[list[str], torch.Tensor]:
-    """An int64 checksum of the raw bits of every parameter and buffer: any bit flip changes it."""
-    names, sums = [], []
-    for mname, m in modules.items():
-        for k, t in list(m.named_parameters()) + list(m.named_buffers()):
-            t = t.detach().contiguous().reshape(-1)  # 1-d, so 0-d buffers (num_batches_tracked) can be viewed too
-            bits = t.view(torch.int32) if t.element_size() == 4 else t.view(torch.uint8).to(torch.int32)
-            w = torch.arange(1, bits.numel() + 1, device=t.device, dtype=torch.int64) % 1_000_003
-            sums.append((bits.reshape(-1).to(torch.int64) * w).sum())
-            names.append(f"{mname}.{k}")
-    return names, torch.stack(sums).to(device)
+    """An int64 checksum of the raw bits of every parameter and buffer: any bit flip changes it, and so does
+    a swap of two elements (each position has its own weight)."""
+    tensors = {f"{m}.{k}": t for m, mod in modules.items() for k, t in (*mod.named_parameters(), *mod.named_buffers())}
+    n = max(t.numel() for t in tensors.values())
+    w = _CHECKSUM_WEIGHTS.get(device)
+    if w is None or w.numel() < n:  # computed once per run: the modulo over millions of int64 is the costly part
+        w = _CHECKSUM_WEIGHTS[device] = torch.arange(1, n + 1, device=device, dtype=torch.int64) % 1_000_003
+    sums = []
+    for t in tensors.values():
+        t = t.detach().contiguous().reshape(-1)  # 1-d, so 0-d buffers (num_batches_tracked) can be viewed too
+        bits = t.view(torch.int32) if t.element_size() == 4 else t.view(torch.uint8).to(torch.int32)
+        sums.append((bits.to(torch.int64) * w[:bits.numel()].to(bits.device)).sum())  # (integer dot: not on CUDA)
+    return list(tensors), torch.stack(sums).to(device)
 
 
 def _meta_count(urls: list[str]) -> int:
@@ -93,6 +99,7 @@ class Trainer:
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best
         self.r1_last: torch.Tensor | None = None
         self._ema_bn_step: int | None = None  # the step at which G_ema's BatchNorm statistics were recomputed
+        self._replicas_checked: int | None = None  # the step of the last replica check
         self._setup()
 
     # ------------------------------------------------------------------------------------ set-up
@@ -449,16 +456,24 @@ class Trainer:
 
     def _refresh_ema_bn(self) -> None:
         """Recompute G_ema's BatchNorm statistics from ``ema.bn_batches`` fixed-noise batches, at most once per
-        step, before G_ema is sampled, scored or saved. Every rank calls it at the same points with the same
-        noise (SyncBatchNorm needs that). Training never reads them: the next EMA update copies G's again."""
+        step, before G_ema is sampled, scored or saved. Rank 0 computes them and the others receive them
+        (with SyncBatchNorm every rank takes part, on the same noise). Training never reads them: the next EMA
+        update copies G's again."""
         n = self.cfg.ema.bn_batches
         if self.G_ema is None or not n or self._ema_bn_step == self.step:
             return
         m = self.cfg.model
         g = torch.Generator().manual_seed(self.cfg.train.seed + 0xB17)
         noise = (sample_noise(self.cfg.train.batch_size, m.z_dim, m.noise, "cpu", g) for _ in range(n))
-        recalibrate_batchnorm(self.G_ema, noise, self.device)
+        if self.rank == 0 or self.cfg.model.sync_batchnorm:
+            recalibrate_batchnorm(self.G_ema, noise, self.device)
+        if self.world > 1 and not self.cfg.model.sync_batchnorm:
+            import torch.distributed as dist
+
+            for b in self.G_ema.buffers():
+                dist.broadcast(b, src=0)
         self._ema_bn_step = self.step
+        self._replicas_checked = None
 
     def _grid(self, tracker) -> None:
         self._refresh_ema_bn()
@@ -483,8 +498,10 @@ class Trainer:
                 dist.broadcast(b, src=0)
 
     def check_replicas(self) -> None:
-        """Every rank compares checksums of G, D and EMA parameters and buffers; a mismatch stops the run."""
-        if self.world == 1:
+        """Every rank compares checksums of G, D and EMA parameters and buffers; a mismatch stops the run.
+        Once per step: a second call at the same step (a checkpoint after the periodic check, `best` after the
+        step's checkpoint) finds what the first found, unless the EMA's statistics were recomputed since."""
+        if self.world == 1 or self._replicas_checked == self.step:
             return
         self._sync_buffers()
         names, sums = param_checksums(self._modules(), self.device)
@@ -496,6 +513,7 @@ class Trainer:
                 f"replicas diverged at step {self.step}: tensor {names[bad[0]]!r} differs between rank 0 and "
                 f"rank(s) {ranks} ({len(bad)} tensors in all); this is a bug in synchronisation, not your data. "
                 f"The last good checkpoint is kept; please report it with RUN/runs.jsonl")
+        self._replicas_checked = self.step
 
     @staticmethod
     def rng_state() -> dict:

@@ -97,6 +97,7 @@ class Probe(Callback):
         self.opts = opts
         self.consumed, self.noises, self.calls, self.last_step = [], [], 0, None
         self.local_stats, self.logged, self.snapshots = None, None, {}
+        self.graphs = []  # torch.compile's count of distinct graphs after each step
         self.allreduce_calls = [0]
 
     def on_train_start(self, trainer):
@@ -110,6 +111,11 @@ class Probe(Callback):
 
     def on_step_end(self, trainer):
         s = trainer.step  # steps done
+        if trainer.cfg.compile.enabled:
+            from torch._dynamo.utils import counters
+
+            self.graphs.append({"unique_graphs": counters["stats"]["unique_graphs"], "frames_ok": counters["frames"]["ok"],
+                                "aot_ok": counters["aot_autograd"]["ok"]})
         if s in self.opts.nan_steps or s - 1 in self.opts.nan_steps:  # just before and just after a NaN step
             self.snapshots[s] = {"D": clone(trainer.D.net.state_dict()), "opt_D": clone(trainer.D.opt.state_dict())}
         if self.opts.perturb and trainer.rank == self.opts.perturb[0] and s == self.opts.perturb[1]:
@@ -137,7 +143,7 @@ class Probe(Callback):
                     "G_ema": clone(tr.G_ema.state_dict()) if tr.G_ema is not None else {}, "init": self.init,
                     "consumed": self.consumed, "epoch0": epoch0, "noises": self.noises,
                     "local_stats": self.local_stats, "logged": self.logged, "snapshots": self.snapshots,
-                    "allreduce_calls": self.allreduce_calls[0]}, out / f"rank{tr.rank}.pt")
+                    "allreduce_calls": self.allreduce_calls[0], "graphs": self.graphs}, out / f"rank{tr.rank}.pt")
 
 
 def clone(obj):
