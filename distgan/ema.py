@@ -31,8 +31,9 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     e_params = [p for p in ema.parameters()]
     m_params = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(e_params, m_params, 1.0 - beta)
-    for eb, mb in zip(ema.buffers(), model.buffers()):
-        eb.copy_(mb)
+    e_bufs, m_bufs = list(ema.buffers()), list(model.buffers())
+    if e_bufs:
+        torch._foreach_copy_(e_bufs, m_bufs)  # one kernel for all BatchNorm statistics, not one per buffer
 
 
 def recalibrate_batchnorm(net: nn.Module, noise_batches, device=None) -> bool:

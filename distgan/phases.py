@@ -135,9 +135,9 @@ class GANStep:
         stats = bad = None
         for i, (x, z) in enumerate(zip(reals, noises)):
             with self._sync(D.train_fwd, last=i == n - 1):
-                with torch.no_grad(), autocast(self.precision, self.device):
-                    fake = G.fwd(z)
-                with autocast(self.precision, self.device):
+                with autocast(self.precision, self.device):  # one region for G's and D's forwards
+                    with torch.no_grad():
+                        fake = G.fwd(z)
                     logits = D.train_fwd(torch.cat([x, fake.to(x.dtype)])).float()
                     real_l, fake_l = logits.chunk(2)
                     loss = self.loss.d(real_l, fake_l)
