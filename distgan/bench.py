@@ -191,11 +191,15 @@ def _row_trainer(tr, cfg, steps: int, warmup: int, t_build: float) -> dict:
         tr.gan.end_step()
         _sync(dev)
         phases["G"] += time.perf_counter() - a
+    # Kernels and FLOPs of a step without the lazy R1 update (its double backward cannot run under torch's
+    # dispatch modes, and it comes once in loss.r1_every steps); FLOPs counted eagerly: compiled code runs
+    # inductor kernels the counter cannot see.
     s_next = warmup + steps + n_ph
+    while cfg.loss.r1_gamma and s_next % cfg.loss.r1_every == 0:
+        s_next += 1
     kernels = kernels_per_step(lambda: step(s_next), dev, cfg.compile.enabled)
-    # FLOPs of the maths, counted eagerly (compiled code runs inductor kernels the counter cannot see)
     with torch.compiler.set_stance("force_eager"):
-        flops = _flops(lambda: tr.train_step(0))
+        flops = _flops(lambda: tr.train_step(s_next))
     return {"s_per_step": dt, "phases_ms": {p: 1e3 * v / n_ph for p, v in phases.items()}, "flops_step": flops,
             "kernels_step": kernels, "warmup_s": warm_s, "compile_s": warm_s - warmup * dt,
             "build_s": t0 - t_build - warm_s,
