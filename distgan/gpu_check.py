@@ -180,7 +180,7 @@ def paper_run(report: Report, gpu: bool, work: Path, steps: int, box_s: float) -
     for r in evals:
         report.add(f"{r['step']:>7}{r['time']:>9.0f}{r['eval/parzen_ll']:>16.1f}{r.get('eval/fd', float('nan')):>12.2f}")
     hit = next((r for r in evals if r["eval/parzen_ll"] >= 225.0), None)
-    report.add(f"time to the paper's 225 nats on the validation split: "
+    report.add("time to the paper's 225 nats on the validation split: "
                + (f"{hit['time']:.0f} s of training, step {hit['step']}" if hit else "not reached in this run"))
     best = run / "checkpoints" / "best"
     if best.exists():
@@ -205,12 +205,15 @@ def resume_check(report: Report, gpu: bool, work: Path) -> None:
             f"train.log_every={n // 4}"]
     base += ["runtime.precision=fp16"] if gpu else ["model.width=8", "train.batch_size=16"]
     t0 = time.time()
+    from distgan.train import main as train_main
+
     for name, legs in (("straight", [n]), ("resumed", [n // 2, n])):
-        for i, steps in enumerate(legs):
-            p = _train(["--config", "configs/mnist_dcgan.yaml", "--run-dir", str(work / name), *base,
-                        f"train.max_steps={steps}", *(["train.resume=auto"] if i else [])])
-            if p.returncode != 0:
-                raise RuntimeError(f"{name} leg {i} exited {p.returncode}: {p.stderr[-1500:]}")
+        for i, steps in enumerate(legs):  # in this process: each leg is a full start (set-up, resume, checkpoint)
+            code = train_main(["--config", str(REPO / "configs/mnist_dcgan.yaml"), "--run-dir", str(work / name), *base,
+                               f"train.max_steps={steps}", "train.progress=false", "wandb.mode=disabled",
+                               *(["train.resume=auto"] if i else [])])
+            if code != 0:
+                raise RuntimeError(f"{name} leg {i} exited {code} (its message is above)")
     last = f"step-{n:09d}"
     worst, differing, total = 0.0, 0, 0
     for f in ("G.safetensors", "D.safetensors", "G_ema.safetensors"):

@@ -142,10 +142,12 @@ def step_seed(seed: int, rank: int, step: int, salt: int = 0) -> int:
     return x & (2**63 - 1)
 
 
-def maybe_compile(module: nn.Module, cfg: Config) -> nn.Module:
+def maybe_compile(module: nn.Module, cfg: Config, device: torch.device | None = None) -> nn.Module:
     """torch.compile before DDP wrapping: accelerate's dynamo_backend on a DDP module compiles little."""
     if not cfg.compile.enabled:
         return module
+    if cfg.compile.mode == "reduce-overhead" and device is not None and device.type != "cuda":
+        raise ConfigError("compile.mode=reduce-overhead is CUDA graphs: GPU only; on the CPU use compile.mode=default")
     if cfg.compile.fallback_random:
         import torch._inductor.config as inductor_config
 

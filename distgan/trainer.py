@@ -128,7 +128,7 @@ class Trainer:
         lr_g = cfg.optim.lr_g or cfg.optim.lr
         opt_g = build_optimizer(cfg, G.parameters(), lr_g)
         opt_d = build_optimizer(cfg, D.parameters(), cfg.optim.lr)
-        G_fwd, D_fwd = maybe_compile(G, cfg), maybe_compile(D, cfg)
+        G_fwd, D_fwd = maybe_compile(G, cfg, self.device), maybe_compile(D, cfg, self.device)
         G_train, D_train = acc.prepare(G_fwd, D_fwd) if self.world > 1 else (G_fwd, D_fwd)
         scale = cfg.runtime.fp16_init_scale
         self.G = Net(G, G_fwd, G_train, opt_g, make_scaler(self.precision, self.device, scale), "G")

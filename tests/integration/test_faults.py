@@ -99,8 +99,7 @@ def test_exact_resume_after_sigkill(tmp_path, nproc):
 def test_sigterm_checkpoints_and_exits_75(tmp_path):
     run_dir = tmp_path / "r"
     cmd = launch_cmd(1, "-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), *QUIET,
-                     *SMALL, "train.max_steps=100000", "train.ckpt_every=100000", "train.log_every=5",
-                     "train.stop_check_every=5")
+                     *SMALL, "train.max_steps=100000", "train.ckpt_every=100000", "train.log_every=5")
     proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
@@ -263,8 +262,8 @@ BAD_INPUT = [
     ("type", ["train.max_steps=many"], "train.max_steps='many' must be an integer"),
     ("nan", ["optim.lr=nan"], "optim.lr=nan must be a finite number"),
     ("inf", ["ema.halflife_images=inf"], "ema.halflife_images=inf must be a finite number"),
-    ("indivisible", ["train.batch_size=101", "train.grad_accum=2"],
-     "must be divisible by world size 1 x train.grad_accum 2"),
+    ("too-small-batch", ["train.batch_size=1", "train.grad_accum=2"],
+     "train.batch_size=1 (global) is smaller than world size 1 x train.grad_accum 2"),
     ("batch", ["train.batch_size=50"], "train.batch_size 100 -> 50"),
     ("k", ["train.d_steps=2"], "train.d_steps 1 -> 2"),
     ("seed", ["train.seed=1"], "train.seed 0 -> 1"),

@@ -76,3 +76,26 @@ def test_step_is_reproducible_from_seed_rank_step(trainer):
     trainer.train_step(10)
     for a, b in zip(after, trainer.G.net.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 6, 8, 16, 32])
+@pytest.mark.parametrize("batch, accum", [(100, 1), (64, 1), (100, 3)])
+def test_batch_layout_at_every_world_size_the_readme_names(world, batch, accum):
+    """Any world size up to the batch: shares differ by at most one image, tile the global batch, and the
+    loss weights make DDP's average of rank gradients the mean over the global batch (sum of w / W = 1)."""
+    from distgan.data.sampler import BatchLayout
+
+    if batch < world * accum:
+        with pytest.raises(Exception, match="smaller than world size"):
+            BatchLayout(batch, 0, world, accum)
+        return
+    layouts = [BatchLayout(batch, r, world, accum) for r in range(world)]
+    sizes = layouts[0].rank_sizes
+    assert sum(sizes) == batch and max(sizes) - min(sizes) <= 1
+    assert [lay.rank_starts[r] for r, lay in enumerate(layouts)] == [sum(sizes[:r]) for r in range(world)]
+    for lay in layouts:
+        assert sum(lay.micro_sizes) == lay.per_rank and min(lay.micro_sizes) >= 1
+    total = sum(sum(lay.loss_weights) for lay in layouts) / world
+    assert total == pytest.approx(1.0, rel=1e-12)
+    if batch % (world * accum) == 0:  # an even split weighs every micro-step 1/A, exactly as before
+        assert all(w == 1 / accum for lay in layouts for w in lay.loss_weights)
