@@ -75,11 +75,11 @@ class OpCounter:
     """Counts operations that reach the dispatcher and are not views (each is at least one GPU kernel)."""
 
     def __enter__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
+        from distgan.torch_private import dispatch_mode
 
         counter = self
 
-        class Mode(TorchDispatchMode):
+        class Mode(dispatch_mode()):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 if not func.is_view and func.namespace != "profiler":
                     counter.n += 1
@@ -155,7 +155,7 @@ def _row_trainer(tr, cfg, steps: int, warmup: int, t_build: float) -> dict:
     acc = torch.zeros(4, device=dev)
 
     def step(s):
-        tr.apply_schedule(s)
+        tr.schedule(s)
         d, g = tr.train_step(s)
         acc.add_(torch.cat([d, g]))
 

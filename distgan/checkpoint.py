@@ -34,17 +34,21 @@ from torch import nn
 
 from distgan.atomic import atomic_write_text, fsync_dir, fsync_file
 
-WEIGHT_FILES = ("G.safetensors", "D.safetensors", "G_ema.safetensors")
+NETWORKS = ("G", "D", "G_ema")
+"""The networks a checkpoint holds, each as ``{name}.safetensors`` (G_ema absent with ema.enabled=false)."""
+WEIGHT_FILES = tuple(f"{n}.safetensors" for n in NETWORKS)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 from distgan.errors import CheckpointError  # noqa: E402
 
 
-def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with DDP/compile prefixes stripped and tensors made contiguous on the CPU."""
+def plain_state_dict(module: nn.Module | dict) -> dict[str, torch.Tensor]:
+    """State dict (of a module, or a state dict) with DDP/compile prefixes stripped and tensors made
+    contiguous on the CPU."""
     out = {}
-    for k, v in module.state_dict().items():
+    sd = module.state_dict() if isinstance(module, nn.Module) else module
+    for k, v in sd.items():
         for prefix in ("module.", "_orig_mod."):
             while k.startswith(prefix):
                 k = k[len(prefix):]
@@ -200,6 +204,11 @@ def find_latest_good(ckpt_root: Path, warn=print) -> Path | None:
 
 def load_weights(ckpt: Path, name: str, module: nn.Module) -> None:
     """Load a safetensors file into a module; a shape or key mismatch names the tensor and both shapes."""
+    module.load_state_dict(read_weights(ckpt, name, module))
+
+
+def read_weights(ckpt: Path, name: str, module: nn.Module) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, checked to fit ``module`` (keys and shapes; a mismatch names them)."""
     path = ckpt / name
     try:
         sd = load_file(str(path))
@@ -215,7 +224,7 @@ def load_weights(ckpt: Path, name: str, module: nn.Module) -> None:
            for k, v in sorted(sd.items()) if v.shape != own[k].shape]
     if bad:
         raise CheckpointError(f"{path} was written with an incompatible config: " + "; ".join(bad))
-    module.load_state_dict(sd)
+    return sd
 
 
 def load_state(ckpt: Path) -> dict:
@@ -223,3 +232,23 @@ def load_state(ckpt: Path) -> dict:
         return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot read {ckpt / 'state.pt'} safely: {e}") from None
+
+
+# --------------------------------------------------------------------- the trainer's state <-> the layout
+def save_trainer_state(ckpt_root: Path, state: dict, manifest_extra: dict, keep_last: int,
+                       name: str | None = None) -> Path:
+    """Write ``Trainer.state_dict()`` (``{"networks": {name: state dict}, "training": {...}}``) as one
+    checkpoint: each network to its safetensors file, the rest to state.pt. Call on one rank only."""
+    weights = {f"{n}.safetensors": plain_state_dict(sd) for n, sd in state["networks"].items()}
+    return save(ckpt_root, state["training"]["step"], weights, state["training"], manifest_extra, keep_last, name=name)
+
+
+def load_trainer_state(ckpt: Path, networks: dict[str, nn.Module]) -> dict:
+    """The state that ``save_trainer_state`` wrote, for ``Trainer.load_state_dict``: each network's weights
+    checked against ``networks`` (names and shapes; a mismatch names the tensor), state.pt loaded safely.
+    A checkpoint without G_ema (ema.enabled=false) gives G's weights for it."""
+    out = {}
+    for n, module in networks.items():
+        fname = f"{n}.safetensors" if n != "G_ema" or (ckpt / "G_ema.safetensors").exists() else "G.safetensors"
+        out[n] = read_weights(ckpt, fname, module)
+    return {"networks": out, "training": load_state(ckpt)}

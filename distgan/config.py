@@ -335,18 +335,12 @@ class EvalConfig:
         except ValueError as e:
             raise ConfigError(f"eval.metrics={self.metrics!r}: {e}") from None
         if self.best_metric:
-            allowed = best_metric_names(names)
+            from distgan.metrics.suite import figures_of
+
+            allowed = figures_of(names)
             if self.best_metric not in allowed:
                 raise ConfigError(f"eval.best_metric={self.best_metric!r} is not a figure of eval.metrics="
                                   f"{self.metrics!r}; choose one of {sorted(allowed)} or '' for no best checkpoint")
-
-
-def best_metric_names(metrics) -> set[str]:
-    """The figures that can select a best checkpoint for the given metric names."""
-    figures = {"fd": {"fd"}, "cs": {"cs"}, "modes": {"modes", "mode_kl"}, "stacked": {"stacked_modes", "stacked_kl"},
-               "pr": {"precision", "recall", "density", "coverage"}, "nn": {"memorised_share"},
-               "parzen": {"parzen_ll"}}
-    return set().union(*(figures[m] for m in metrics))
 
 
 @dataclass

@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from distgan.torch_private import copy_, is_batchnorm, lerp_
+
 
 def ema_beta(batch_images: int, halflife_images: float, images_seen: int = 0, rampup: float = 0.0) -> float:
     """Per-update decay so that a weight's influence halves every ``halflife_images`` images.
@@ -28,12 +30,10 @@ def make_ema(generator: nn.Module) -> nn.Module:
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     """ema = beta * ema + (1 - beta) * model for parameters; buffers (BatchNorm statistics) are copied."""
-    e_params = [p for p in ema.parameters()]
-    m_params = [p.detach() for p in model.parameters()]
-    torch._foreach_lerp_(e_params, m_params, 1.0 - beta)
+    lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - beta)
     e_bufs, m_bufs = list(ema.buffers()), list(model.buffers())
     if e_bufs:
-        torch._foreach_copy_(e_bufs, m_bufs)  # one kernel for all BatchNorm statistics, not one per buffer
+        copy_(e_bufs, m_bufs)  # one kernel for all BatchNorm statistics, not one per buffer
 
 
 def recalibrate_batchnorm(net: nn.Module, noise_batches, device=None) -> bool:
@@ -44,7 +44,43 @@ def recalibrate_batchnorm(net: nn.Module, noise_batches, device=None) -> bool:
     An EMA of weights paired with the live net's running statistics is a mismatch: the averaged weights
     produce other activations. Averaging the statistics does not fix it; recomputing them does.
     """
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+    if not any(is_batchnorm(m) for m in net.modules()):
         return False
     torch.optim.swa_utils.update_bn(noise_batches, net, device)
     return True
+
+
+class GeneratorAverage:
+    """The EMA generator a run samples, scores and saves (``module``), with its upkeep: the update after
+    every step, and the BatchNorm statistics recomputed before it is used (at most once per step).
+
+    ``bn_batches`` batches of ``batch`` fixed noise vectors; rank 0 computes the statistics and the other
+    ranks receive them (with SyncBatchNorm every rank takes part, on the same noise)."""
+
+    def __init__(self, G: nn.Module, halflife_images: float, rampup: float, bn_batches: int, batch: int, seed: int,
+                 noise_fn, rank: int = 0, world: int = 1, sync_batchnorm: bool = False):
+        self.module = make_ema(G)
+        self.halflife, self.rampup, self.bn_batches, self.batch, self.seed = halflife_images, rampup, bn_batches, batch, seed
+        self.noise_fn, self.rank, self.world, self.sync_bn = noise_fn, rank, world, sync_batchnorm
+        self._bn_step: int | None = None
+
+    def update(self, G: nn.Module, step: int) -> None:
+        """After step ``step`` (0-based) of a global batch of ``batch`` images."""
+        beta = ema_beta(self.batch, self.halflife, (step + 1) * self.batch, self.rampup)
+        update_ema(self.module, G, beta)
+
+    def refresh_batchnorm(self, step: int, device) -> bool:
+        """Recompute the BatchNorm statistics for the averaged weights, unless done at this step already.
+        Training never reads them (the next update copies G's again). True if they were recomputed."""
+        if not self.bn_batches or self._bn_step == step:
+            return False
+        g = torch.Generator().manual_seed(self.seed + 0xB17)
+        noise = (self.noise_fn(self.batch, g) for _ in range(self.bn_batches))
+        if self.rank == 0 or self.sync_bn:
+            recalibrate_batchnorm(self.module, noise, device)
+        if self.world > 1 and not self.sync_bn:
+            from distgan.runtime import broadcast_
+
+            broadcast_(list(self.module.buffers()))
+        self._bn_step = step
+        return True

@@ -59,16 +59,79 @@ def assemble(blocks: dict[int, tuple]) -> tuple[torch.Tensor, torch.Tensor | Non
 
 def gather_blocks(blocks: dict[int, tuple], world: int) -> dict[int, tuple]:
     """Every rank's blocks on every rank (a collective; a no-op for one process)."""
-    if world == 1:
-        return blocks
-    import torch.distributed as dist
+    from distgan.runtime import gather_objects
 
-    out: list = [None] * world
-    dist.all_gather_object(out, blocks)
     merged: dict = {}
-    for d in out:
+    for d in gather_objects(blocks, world):
         merged.update(d)
     return merged
+
+
+class InTrainingEval:
+    """``eval.every``: the generator scored on ``eval.num`` fixed-noise samples against MNIST's validation
+    split (train[50000:60000]), so model selection never sees the test set (kept for this module's CLI).
+
+    Every rank generates its blocks and their classifier features; rank 0 computes the figures from the
+    gathered blocks and every rank receives them, so ``best`` is decided alike everywhere."""
+
+    def __init__(self, cfg, rank0, rank: int, world: int, device):
+        from distgan.metrics import suite
+
+        self.cfg, self.rank0, self.rank, self.world, self.device = cfg, rank0, rank, world, device
+        self.metrics = suite.parse_metrics(cfg.eval.metrics)
+        self.best = BestRule(cfg.eval.best_metric)
+
+    def score(self, G) -> dict:
+        from distgan.metrics import suite
+
+        e = self.cfg.eval
+        blocks = generate_blocks(G, self.cfg, e.num, e.seed, self.rank, self.world, e.block, self.device,
+                                 features=bool(suite.FEATURE_METRICS & set(self.metrics)))
+        blocks = gather_blocks(blocks, self.world)
+
+        def compute():
+            images, feats, probs = assemble(blocks)
+            res = suite.compute(images, self.metrics, self.cfg.data.root, feats, probs, reference="valid")
+            return {k: v for k, v in res.items() if isinstance(v, (int, float))}
+
+        return self.rank0.collective(compute)
+
+    def summary(self, step: int, figures: dict, seconds: float) -> str:
+        """The console line of one evaluation."""
+        from distgan.metrics.suite import FIGURES
+
+        shown = " | ".join(f"{k} {figures[k]:.4g}" for k in FIGURES if k in figures and k != "modes")
+        if "modes" in figures:
+            shown += f" | modes {figures['modes']}/{figures['modes_total']}"
+        b = self.best.best
+        best = f" | best {b['metric']} {b['value']:.4g} at step {b['step']}" if b else ""
+        return f"[distgan] eval step {step}: {shown}{best} ({seconds:.1f} s)"
+
+
+class BestRule:
+    """Which evaluation made ``checkpoints/best``: the best value of ``metric`` so far (a figure of
+    ``distgan.metrics.suite.FIGURES``; its catalogue entry says which way is better); '' keeps none."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.best: dict | None = None  # {"metric", "value", "step"}
+
+    def update(self, step: int, figures: dict) -> bool:
+        """Record an evaluation; True if it is a new best (the caller then writes checkpoints/best)."""
+        if not self.metric:
+            return False
+        from distgan.metrics.suite import FIGURES
+
+        value = float(figures[self.metric])
+        sign = -1.0 if FIGURES[self.metric].lower_is_better else 1.0
+        if self.best is None or sign * value > sign * self.best["value"]:
+            self.best = {"metric": self.metric, "value": value, "step": step}
+            return True
+        return False
+
+    def restore(self, saved: dict | None) -> None:
+        """The best of a resumed run, unless another figure selects from now on (then a new best starts)."""
+        self.best = saved if saved is not None and saved.get("metric") == self.metric else None
 
 
 def _print_table(res: dict) -> None:
@@ -106,6 +169,7 @@ def main(argv=None) -> int:
         print(f"distgan: --num and --block must be positive (got {args.num}, {args.block})", file=sys.stderr)
         return 2
     from distgan.checkpoint import CheckpointError
+    from distgan.data import data_root
     from distgan.config import ConfigError
     from distgan.data.mnist import DataError
     from distgan.metrics import suite
@@ -132,8 +196,7 @@ def main(argv=None) -> int:
             manifest = json.loads((path / "manifest.json").read_text())  # verified by load_generator
             source = {"checkpoint": str(path), "step": manifest["step"],
                       "weights": args.weights, "seed": args.seed, "world_size": world}
-            root = (args.data_root or os.environ.get("DISTGAN_DATA_DIR")
-                    or manifest["config"].get("data", {}).get("root", "data"))
+            root = data_root(args.data_root, manifest["config"].get("data", {}).get("root"))
         elif args.samples:
             try:
                 images = torch.from_numpy(np.load(args.samples)["images"])
@@ -141,11 +204,11 @@ def main(argv=None) -> int:
                 raise DataError(f"cannot read samples {args.samples}: {e}; pass an .npz written by distgan.sample") from None
             images = images[:args.num]
             source = {"samples": args.samples}
-            root = args.data_root or os.environ.get("DISTGAN_DATA_DIR") or "data"
+            root = data_root(args.data_root)
         else:
             from distgan.data.mnist import load_split
 
-            root = args.data_root or os.environ.get("DISTGAN_DATA_DIR") or "data"
+            root = data_root(args.data_root)
             images = load_split(root, args.real, download=False)[0][:args.num]
             source = {"real": args.real}
         res = suite.compute(images, metrics, root, feats, probs) if rank == 0 else {}

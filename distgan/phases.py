@@ -44,17 +44,62 @@ times (from 65536 to 2**-48), so the gradients are non-finite at every scale, no
 
 @dataclass
 class Net:
-    """One network's phase record."""
+    """One network's phase record: the module, its two forwards, its optimizer and loss scaler."""
 
-    net: nn.Module
+    module: nn.Module
     """The plain module: parameters, buffers, checkpoints, R1, the EMA."""
-    fwd: nn.Module
-    """Its forward while the *other* network trains: compiled if enabled, never DDP-wrapped."""
-    train_fwd: nn.Module
-    """Its forward while it trains itself: ``fwd`` wrapped in DDP when there are several ranks."""
+    fwd_other: nn.Module
+    """Its forward in the *other* network's phase (G making fakes for D; D judging G's fakes): compiled
+    if enabled, never DDP-wrapped, so it computes no weight gradients and triggers no all-reduce."""
+    fwd_own: nn.Module
+    """Its forward in its own phase: ``fwd_other`` wrapped in DDP when there are several ranks."""
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None = None
     name: str = ""
+
+
+class Guard:
+    """Device-side counts of skipped updates, per network [D, G], read on the host only at log ticks and
+    checkpoints: divergence skips and their streak (what ``train.nonfinite`` and ``train.max_skip_streak``
+    act on), and fp16 overflow skips and their streak (a scaler calibrating, unless it never ends)."""
+
+    def __init__(self, device):
+        z = lambda *s: torch.zeros(*s, device=device)  # noqa: E731
+        self.skipped, self.overflow = z(2), z(2)
+        self.streak, self.max_streak, self._step_found = z(()), z(()), z(())
+        self.overflow_streak, self.max_overflow_streak = z(2), z(())
+
+    def record(self, index: int, diverged: torch.Tensor, overflow: torch.Tensor | None = None) -> None:
+        self.skipped[index] += diverged
+        torch.maximum(self._step_found, diverged, out=self._step_found)
+        if overflow is not None:
+            self.overflow[index] += overflow
+            streak = self.overflow_streak[index]
+            streak.mul_(overflow).add_(overflow)
+            torch.maximum(self.max_overflow_streak, streak, out=self.max_overflow_streak)
+
+    def end_step(self) -> None:
+        """Count consecutive steps with a divergence skip."""
+        self.streak.mul_(self._step_found).add_(self._step_found)
+        torch.maximum(self.max_streak, self.streak, out=self.max_streak)
+        self._step_found.zero_()
+
+    def state(self) -> torch.Tensor:
+        """[skipped D, skipped G, overflow D, overflow G, longest skip streak, longest overflow streak]."""
+        return torch.cat([self.skipped, self.overflow, self.max_streak.reshape(1), self.max_overflow_streak.reshape(1)])
+
+    @staticmethod
+    def verdict(values: list[float], nonfinite: str, max_skip_streak: int) -> str | None:
+        """Why the run must stop (``values`` as ``state()`` read on the host), or None."""
+        sk_d, sk_g, _, _, streak, ov_streak = values
+        if nonfinite == "stop" and sk_d + sk_g > 0:
+            return "train.nonfinite=stop"
+        if streak >= max_skip_streak:
+            return f"{int(streak)} consecutive steps with skipped updates (train.max_skip_streak={max_skip_streak})"
+        if ov_streak >= MAX_OVERFLOW_STREAK:
+            return (f"the fp16 loss scale backed off {int(ov_streak)} times in a row: the gradients are non-finite "
+                    f"at every scale")
+        return None
 
 
 class GANStep:
@@ -63,12 +108,7 @@ class GANStep:
         self.device = accelerator.device
         self.world = accelerator.num_processes
         self.weights = micro_weights  # n_rm * W / B for this rank's micro-batches m (see the docstring)
-        z = lambda *s: torch.zeros(*s, device=self.device)  # noqa: E731
-        # device-side guard state, per network [D, G]: divergence skips, fp16 overflow skips; the current and
-        # longest streaks of steps with a divergence skip, and the current streak of overflow skips
-        self.skipped, self.overflow = z(2), z(2)
-        self.streak, self.max_streak, self._step_found = z(()), z(()), z(())
-        self.overflow_streak, self.max_overflow_streak = z(2), z(())
+        self.guard = Guard(self.device)
 
     @staticmethod
     def _loss_check(bad, loss: torch.Tensor, scaler):
@@ -87,7 +127,7 @@ class GANStep:
         ``bad_loss``: 1 if this rank's loss was non-finite in any micro-step. ``scaled``: the gradients
         carry the fp16 loss scale (False for R1, which runs unscaled in fp32).
         """
-        grads = [p.grad for p in n.net.parameters() if p.grad is not None]
+        grads = [p.grad for p in n.module.parameters() if p.grad is not None]
         found = found_non_finite(grads)  # after the all-reduce: the same on every rank
         if scaled and n.scaler is not None:
             n.scaler.step(n.opt)  # skips on its own when found; the scale drops in update()
@@ -95,11 +135,7 @@ class GANStep:
             if self.world > 1:  # whether any rank's loss was non-finite (ranks differ before this)
                 bad_loss = all_reduce_mean_(bad_loss.clone())
             diverged = torch.minimum(found, (bad_loss > 0).float())
-            overflow = found - diverged
-            self.overflow[index] += overflow
-            streak = self.overflow_streak[index]
-            streak.mul_(overflow).add_(overflow)
-            torch.maximum(self.max_overflow_streak, streak, out=self.max_overflow_streak)
+            self.guard.record(index, diverged, found - diverged)
         else:
             if n.opt.defaults.get("fused"):
                 n.opt.found_inf = found  # the fused kernel skips the update when found_inf == 1
@@ -109,15 +145,10 @@ class GANStep:
                     del n.opt.found_inf  # never left behind for a GradScaler to multiply (scale * None)
             elif not found.item():  # non-fused optimizers cannot skip on device: one host sync per update
                 n.opt.step()
-            diverged = found
-        self.skipped[index] += diverged
-        torch.maximum(self._step_found, diverged, out=self._step_found)
+            self.guard.record(index, found)
 
     def end_step(self) -> None:
-        """Count consecutive steps with a divergence skip (device-side; read by the trainer's guard)."""
-        self.streak.mul_(self._step_found).add_(self._step_found)
-        torch.maximum(self.max_streak, self.streak, out=self.max_streak)
-        self._step_found.zero_()
+        self.guard.end_step()
 
     def _backward(self, loss: torch.Tensor, scaler) -> None:
         if scaler is not None:
@@ -129,16 +160,16 @@ class GANStep:
         """One D update over this rank's micro-batches. Returns this rank's [loss, D(x), D(G(z))] on device,
         each the mean over its images."""
         G, D = self.G, self.D
-        D.net.requires_grad_(True)
+        D.module.requires_grad_(True)
         D.opt.zero_grad(set_to_none=True)
         n, total = len(reals), sum(x.shape[0] for x in reals)
         stats = bad = None
         for i, (x, z) in enumerate(zip(reals, noises)):
-            with self._sync(D.train_fwd, last=i == n - 1):
+            with self._sync(D.fwd_own, last=i == n - 1):
                 with autocast(self.precision, self.device):  # one region for G's and D's forwards
                     with torch.no_grad():
-                        fake = G.fwd(z)
-                    logits = D.train_fwd(torch.cat([x, fake.to(x.dtype)])).float()
+                        fake = G.fwd_other(z)
+                    logits = D.fwd_own(torch.cat([x, fake.to(x.dtype)])).float()
                     real_l, fake_l = logits.chunk(2)
                     loss = self.loss.d(real_l, fake_l)
                 self._backward(loss * self.weights[i], D.scaler)
@@ -151,39 +182,39 @@ class GANStep:
     def d_reg_step(self, reals: list[torch.Tensor], gamma: float, interval: int) -> torch.Tensor:
         """One lazy R1 update of D: ``interval * gamma / 2 * E||grad_x D(x)||^2`` on real images. Returns [penalty]."""
         D = self.D
-        D.net.requires_grad_(True)
+        D.module.requires_grad_(True)
         D.opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         n = sum(x.shape[0] for x in reals)
         for x, w in zip(reals, self.weights):
             x = x.detach().float().requires_grad_(True)
-            (grad,) = torch.autograd.grad(D.net(x).sum(), x, create_graph=True)
+            (grad,) = torch.autograd.grad(D.module(x).sum(), x, create_graph=True)
             penalty = grad.square().flatten(1).sum(1).mean()
             (penalty * (gamma / 2 * interval * w)).backward()
             total += penalty.detach() * (x.shape[0] / n)
         if self.world > 1:
-            all_reduce_mean_([p.grad for p in D.net.parameters() if p.grad is not None])
+            all_reduce_mean_([p.grad for p in D.module.parameters() if p.grad is not None])
         self._update(D, 0, None, scaled=False)  # fp32, unscaled: no loss scale to undo
         return total.unsqueeze(0)
 
     def g_step(self, noises: list[torch.Tensor]) -> torch.Tensor:
         """One G update over this rank's micro-batches. Returns this rank's [loss] on device."""
         G, D = self.G, self.D
-        D.net.requires_grad_(False)
+        D.module.requires_grad_(False)
         G.opt.zero_grad(set_to_none=True)
         n, total = len(noises), sum(z.shape[0] for z in noises)
         stats = bad = None
         try:
             for i, z in enumerate(noises):
-                with self._sync(G.train_fwd, last=i == n - 1):
+                with self._sync(G.fwd_own, last=i == n - 1):
                     with autocast(self.precision, self.device):
-                        loss = self.loss.g(D.fwd(G.train_fwd(z)).float())
+                        loss = self.loss.g(D.fwd_other(G.fwd_own(z)).float())
                     self._backward(loss * self.weights[i], G.scaler)
                 s = loss.detach().reshape(1)
                 stats = _accumulate(stats, s if n == 1 else s * (z.shape[0] / total))
                 bad = self._loss_check(bad, loss, G.scaler)
         finally:
-            D.net.requires_grad_(True)
+            D.module.requires_grad_(True)
         self._update(G, 1, bad, scaled=True)
         return stats
 

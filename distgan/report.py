@@ -14,10 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-EVAL_PANELS = (("eval/fd", "FD (classifier features)", True), ("eval/cs", "classifier score", False),
-               ("eval/mode_kl", "KL(class histogram || uniform)", True), ("eval/precision", "precision / recall", False),
-               ("eval/stacked_modes", "Stacked MNIST modes (of 1000)", False),
-               ("eval/stacked_kl", "Stacked MNIST KL to uniform", True))
+PANELS = ("fd", "cs", "mode_kl", "precision", "parzen_ll", "memorised_share", "stacked_modes", "stacked_kl")
+"""The figures of distgan.metrics.suite.FIGURES that get a panel (recall is drawn in precision's)."""
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -53,7 +51,10 @@ def make_report(run_dir: Path, out: Path, max_grids: int = 6) -> Path:
     rows = read_metrics(mpath)
     if not rows:
         raise ValueError(f"{mpath} holds no records yet; wait for the first log tick (train.log_every)")
-    evals = [(k, title, log) for k, title, log in EVAL_PANELS if any(k in r for r in rows)]
+    from distgan.metrics.suite import FIGURES
+
+    evals = [(f"eval/{k}", FIGURES[k].title + (" / recall" if k == "precision" else ""), FIGURES[k].lower_is_better)
+             for k in PANELS if any(f"eval/{k}" in r for r in rows)]
     grids = sorted((run_dir / "samples").glob("step-*.png"))
     if len(grids) > max_grids:  # evenly spaced, always keeping the first and the last
         idx = sorted({round(i * (len(grids) - 1) / (max_grids - 1)) for i in range(max_grids)})

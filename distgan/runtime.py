@@ -1,19 +1,22 @@
-"""Where distributed, precision and compile concerns live: Accelerator construction, autocast, loss
-scalers, per-(seed, rank, step) seeds, torch.compile, and rank-0-only output."""
+"""Where distributed, precision and compile concerns live, apart from the training loop (as StyleGAN2-ADA's
+``torch_utils``): Accelerator construction, precision and loss scalers, per-(seed, rank, step) seeds,
+torch.compile, rank-0-only work, and every collective the loop needs (reductions, broadcasts, the replica
+check, RNG capture, stop signals). Nothing else in distgan calls torch.distributed."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
 import os
+import random
+import signal
 
+import numpy as np
 import torch
 from torch import nn
 
-from distgan.config import Config, ConfigError
-
-
-from distgan.errors import LaunchError  # noqa: E402
+from distgan.config import Config
+from distgan.errors import ConfigError, LaunchError, ReplicaMismatch
 
 
 def build_accelerator(cfg: Config):
@@ -116,6 +119,15 @@ def found_non_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     return non_finite_flag(tensors)
 
 
+def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all ranks, in place (a no-op for one process); returns it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
 def all_reduce_mean_(tensors):
     """Average a tensor, or a list of tensors (in one flat buffer), over all ranks, in place; returns it."""
     import torch.distributed as dist
@@ -149,9 +161,9 @@ def maybe_compile(module: nn.Module, cfg: Config, device: torch.device | None = 
     if cfg.compile.mode == "reduce-overhead" and device is not None and device.type != "cuda":
         raise ConfigError("compile.mode=reduce-overhead is CUDA graphs: GPU only; on the CPU use compile.mode=default")
     if cfg.compile.fallback_random:
-        import torch._inductor.config as inductor_config
+        from distgan.torch_private import inductor_fallback_random
 
-        inductor_config.fallback_random = True
+        inductor_fallback_random()
     # dynamic=False: D sees two batch sizes (2B real+fake in its phase, B in G's); with dynamic shapes the
     # second would trigger a recompile into a slower symbolic-shape graph. Two static graphs instead.
     return torch.compile(module, mode=None if cfg.compile.mode == "default" else cfg.compile.mode, dynamic=False)
@@ -193,3 +205,112 @@ class RankZero:
         if out[1] is not None:
             raise out[1]
         return out[0]
+
+
+def backend() -> str:
+    import torch.distributed as dist
+
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+
+
+def broadcast_(tensors, src: int = 0) -> None:
+    """Rank ``src``'s values of one tensor or a list of tensors on every rank, in place (no-op alone)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for t in [tensors] if isinstance(tensors, torch.Tensor) else tensors:
+        dist.broadcast(t, src=src)
+
+
+def gather_objects(obj, world: int) -> list:
+    """Every rank's ``obj``, in rank order, on every rank (a collective; ``[obj]`` alone)."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ------------------------------------------------------------------------------------ replica check
+_CHECKSUM_WEIGHTS: dict = {}
+
+
+def param_checksums(modules: dict[str, nn.Module], device) -> tuple[list[str], torch.Tensor]:
+    """An int64 checksum of the raw bits of every parameter and buffer: any bit flip changes it, and so does
+    a swap of two elements (each position has its own weight)."""
+    tensors = {f"{m}.{k}": t for m, mod in modules.items() for k, t in (*mod.named_parameters(), *mod.named_buffers())}
+    n = max(t.numel() for t in tensors.values())
+    w = _CHECKSUM_WEIGHTS.get(device)
+    if w is None or w.numel() < n:  # computed once per run: the modulo over millions of int64 is the costly part
+        w = _CHECKSUM_WEIGHTS[device] = torch.arange(1, n + 1, device=device, dtype=torch.int64) % 1_000_003
+    sums = []
+    for t in tensors.values():
+        t = t.detach().contiguous().reshape(-1)  # 1-d, so 0-d buffers (num_batches_tracked) can be viewed too
+        bits = t.view(torch.int32) if t.element_size() == 4 else t.view(torch.uint8).to(torch.int32)
+        sums.append((bits.to(torch.int64) * w[:bits.numel()].to(bits.device)).sum())  # (integer dot: not on CUDA)
+    return list(tensors), torch.stack(sums).to(device)
+
+
+def check_replicas(acc, modules: dict[str, nn.Module], step: int) -> None:
+    """Every rank compares checksums of every parameter and buffer; a mismatch raises ReplicaMismatch on
+    every rank, naming the first tensor that differs and the ranks that hold another value."""
+    world = acc.num_processes
+    if world == 1:
+        return
+    names, sums = param_checksums(modules, acc.device)
+    gathered = acc.gather(sums.unsqueeze(0)).reshape(world, -1)
+    bad = (gathered != gathered[0]).any(0).nonzero().flatten().tolist()
+    if bad:
+        ranks = (gathered[:, bad[0]] != gathered[0, bad[0]]).nonzero().flatten().tolist()
+        raise ReplicaMismatch(
+            f"replicas diverged at step {step}: tensor {names[bad[0]]!r} differs between rank 0 and "
+            f"rank(s) {ranks} ({len(bad)} tensors in all); this is a bug in synchronisation, not your data. "
+            f"The last good checkpoint is kept; please report it with RUN/runs.jsonl")
+
+
+# ------------------------------------------------------------------------------------ RNG capture
+def rng_state() -> dict:
+    """This process's RNG states as tensors and lists (loadable with weights_only=True)."""
+    st = np.random.get_state()
+    py = random.getstate()
+    return {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
+            "numpy": torch.from_numpy(st[1].astype(np.int64)), "numpy_pos": int(st[2]),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0, dtype=torch.uint8)}
+
+
+def set_rng_state(r: dict) -> None:
+    torch.set_rng_state(r["torch"])
+    random.setstate((r["python"][0], tuple(r["python"][1]), r["python"][2]))
+    np.random.set_state(("MT19937", r["numpy"].numpy().astype(np.uint32), r["numpy_pos"], 0, 0.0))
+    if torch.cuda.is_available() and r["cuda"].numel():
+        torch.cuda.set_rng_state(r["cuda"])
+
+
+# ------------------------------------------------------------------------------------ stop signals
+class StopSignals:
+    """SIGTERM and SIGUSR1 (SLURM's warning before a time limit) set ``received``; the ranks agree on it
+    at the next log tick. A context manager: the previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received = 0
+        self._previous: dict = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        return self
+
+    def _on_signal(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}

@@ -52,3 +52,46 @@ def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
 def unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
     """Views of ``flat`` shaped like ``like`` (the inverse of :func:`flatten`)."""
     return list(torch._utils._unflatten_dense_tensors(flat, like))
+
+
+def inductor_fallback_random() -> None:
+    """Make inductor draw random numbers (dropout) as eager does (compile.fallback_random).
+
+    Why private: ``torch._inductor.config.fallback_random`` is inductor's own switch; there is no public one.
+    """
+    import torch._inductor.config as inductor_config
+
+    if not hasattr(inductor_config, "fallback_random"):
+        raise AttributeError("torch._inductor.config.fallback_random is gone")
+    inductor_config.fallback_random = True
+
+
+def is_batchnorm(module: torch.nn.Module) -> bool:
+    """BatchNorm of any dimension, SyncBatchNorm included.
+
+    Why private: ``torch.nn.modules.batchnorm._BatchNorm`` is their one common base class.
+    """
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def lerp_(targets: list[torch.Tensor], sources: list[torch.Tensor], weight: float) -> None:
+    """``t += weight * (s - t)`` for every pair, in one kernel (the EMA update).
+
+    Why private: ``torch._foreach_lerp_`` is the multi-tensor kernel; a Python loop launches one per tensor.
+    """
+    torch._foreach_lerp_(targets, sources, weight)
+
+
+def copy_(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """Copy every source into its target in one kernel (BatchNorm statistics into the EMA)."""
+    torch._foreach_copy_(targets, sources)
+
+
+def dispatch_mode():
+    """torch's TorchDispatchMode base class (distgan.bench counts the operations a step dispatches).
+
+    Why private: ``torch.utils._python_dispatch`` is where it lives; there is no public alias.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    return TorchDispatchMode

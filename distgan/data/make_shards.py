@@ -177,7 +177,9 @@ def main(argv=None) -> int:
         print(f"distgan: {out} already holds {len(existing)} shards named {prefix}-*.tar; pass --overwrite to replace "
               f"them or choose another --out/--prefix. Nothing was written.", file=sys.stderr)
         return 2
-    root = args.data_root or os.environ.get("DISTGAN_DATA_DIR") or "data"
+    from distgan.data import data_root
+
+    root = data_root(args.data_root)
     from distgan.data.mnist import DataError
 
     try:

@@ -76,12 +76,21 @@ class ShardedBatches:
         """(epoch, batch within the epoch) of a global batch."""
         return divmod(global_batch_index, self.batches_per_epoch)
 
-    def indices(self, global_batch_index: int, micro: int = 0) -> torch.Tensor:
-        """Dataset indices of this rank's micro-batch ``micro`` of global batch ``global_batch_index``."""
+    def indices(self, global_batch_index: int, micro_index: int = 0) -> torch.Tensor:
+        """Dataset indices of this rank's micro-batch ``micro_index`` of global batch ``global_batch_index``."""
         epoch, pos = self.position(global_batch_index)
         lay = self.layout
-        start = pos * self.B + lay.rank_starts[self.rank] + lay.micro_starts[micro]
-        return self.permutation(epoch)[start:start + lay.micro_sizes[micro]]
+        start = pos * self.B + lay.rank_starts[self.rank] + lay.micro_starts[micro_index]
+        return self.permutation(epoch)[start:start + lay.micro_sizes[micro_index]]
 
-    def batch(self, global_batch_index: int, micro: int = 0) -> torch.Tensor:
-        return self.images[self.indices(global_batch_index, micro)]
+    def batch(self, global_batch_index: int, micro_index: int = 0) -> torch.Tensor:
+        return self.images[self.indices(global_batch_index, micro_index)]
+
+    @property
+    def skipped(self) -> int:
+        """Images held in memory were all readable (the BatchSource interface)."""
+        return 0
+
+    def pixel_mean(self) -> torch.Tensor:
+        """Per-pixel mean in [0, 1] (``[C, H, W]``), for generators that start from the data's mean image."""
+        return self.images.float().mean(0) / 255.0

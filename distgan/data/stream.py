@@ -253,12 +253,12 @@ class StreamBatches:
         """Bad samples skipped so far on this rank (summed over its workers)."""
         return sum(self._skipped.values())
 
-    def batch(self, global_batch_index: int, micro: int = 0) -> torch.Tensor:
+    def batch(self, global_batch_index: int, micro_index: int = 0) -> torch.Tensor:
         if global_batch_index != self._j:  # the next global batch: this rank's share of it, once
             images, _, skipped, wid = next(self._it)
             self._skipped[wid] = skipped
             self._j, self._images = global_batch_index, images.to(self.device, non_blocking=True)
-        start, size = self.layout.micro_starts[micro], self.layout.micro_sizes[micro]
+        start, size = self.layout.micro_starts[micro_index], self.layout.micro_sizes[micro_index]
         return self._images[start:start + size]
 
     def position(self, global_batch_index: int) -> tuple[int, int]:

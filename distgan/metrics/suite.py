@@ -1,4 +1,5 @@
-"""One entry point for every metric: ``compute(images_u8, metrics, data_root)``.
+"""One entry point for every metric, ``compute(images_u8, metrics, data_root)``, and the one catalogue of
+the figures they produce (``FIGURES``: which metric, which direction is better, how it is shown).
 
 Learned metrics use the shipped MNIST classifier (``classifier.py``) and compare against the MNIST test
 set, whose features are computed once per classifier and cached (``$DISTGAN_CACHE_DIR``, default
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +28,39 @@ RGB_METRICS = {"stacked"}
 """Metrics of 3-channel 28x28 samples (Stacked MNIST); the others need 1-channel MNIST samples."""
 FAST = ("fd", "cs", "modes")
 FEATURE_METRICS = {"fd", "cs", "modes", "pr"}
-LOWER_IS_BETTER = {"fd", "mode_kl", "memorised_share", "stacked_kl"}
+
+
+@dataclass(frozen=True)
+class Figure:
+    metric: str
+    """The metric (``--metrics``, ``eval.metrics``) that produces it."""
+    lower_is_better: bool
+    """Which way is better (``eval.best_metric`` and the report's log scale)."""
+    title: str
+    """How the console line and the report name it."""
+
+
+FIGURES = {
+    "fd": Figure("fd", True, "FD (classifier features)"),
+    "cs": Figure("cs", False, "classifier score"),
+    "modes": Figure("modes", False, "classes above 1/5 of uniform"),
+    "mode_kl": Figure("modes", True, "KL(class histogram || uniform)"),
+    "precision": Figure("pr", False, "precision"),
+    "recall": Figure("pr", False, "recall"),
+    "density": Figure("pr", False, "density"),
+    "coverage": Figure("pr", False, "coverage"),
+    "memorised_share": Figure("nn", True, "share of samples closer to a training image than any test image"),
+    "parzen_ll": Figure("parzen", False, "Parzen log-likelihood (nats)"),
+    "stacked_modes": Figure("stacked", False, "Stacked MNIST modes (of 1000)"),
+    "stacked_kl": Figure("stacked", True, "Stacked MNIST KL to uniform"),
+}
+"""Every figure that can select ``checkpoints/best``, be shown on the console and be plotted by the report."""
+LOWER_IS_BETTER = {k for k, f in FIGURES.items() if f.lower_is_better}
+
+
+def figures_of(metrics) -> list[str]:
+    """The figures the given metric names produce, in catalogue order."""
+    return [k for k, f in FIGURES.items() if f.metric in set(metrics)]
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from distgan.data.mnist import DataError, load_split
 
-    root = args.data_root or os.environ.get("DISTGAN_DATA_DIR") or "data"
+    from distgan.data import data_root
+
+    root = data_root(args.data_root)
     try:
         train_x, train_y = load_split(root, "train")
         valid_x, valid_y = load_split(root, "valid")

@@ -102,12 +102,12 @@ class Probe(Callback):
 
     def on_train_start(self, trainer):
         self.start_step = trainer.step
-        self.init = {"G": clone(trainer.G.net.state_dict()), "D": clone(trainer.D.net.state_dict())}
+        self.init = {"G": clone(trainer.G.module.state_dict()), "D": clone(trainer.D.module.state_dict())}
         if self.opts.comm_hook:
             if trainer.world == 1:
                 raise SystemExit("--comm-hook needs a DDP run (2 or more ranks)")
             for net in (trainer.G, trainer.D):
-                net.train_fwd.register_comm_hook(None, comm_hook(self.opts.comm_hook, self.allreduce_calls))
+                net.fwd_own.register_comm_hook(None, comm_hook(self.opts.comm_hook, self.allreduce_calls))
 
     def on_step_end(self, trainer):
         s = trainer.step  # steps done
@@ -117,10 +117,10 @@ class Probe(Callback):
             self.graphs.append({"unique_graphs": counters["stats"]["unique_graphs"], "frames_ok": counters["frames"]["ok"],
                                 "aot_ok": counters["aot_autograd"]["ok"]})
         if s in self.opts.nan_steps or s - 1 in self.opts.nan_steps:  # just before and just after a NaN step
-            self.snapshots[s] = {"D": clone(trainer.D.net.state_dict()), "opt_D": clone(trainer.D.opt.state_dict())}
+            self.snapshots[s] = {"D": clone(trainer.D.module.state_dict()), "opt_D": clone(trainer.D.opt.state_dict())}
         if self.opts.perturb and trainer.rank == self.opts.perturb[0] and s == self.opts.perturb[1]:
             with torch.no_grad():
-                next(trainer.D.net.parameters()).view(-1)[0] += 1e-3
+                next(trainer.D.module.parameters()).view(-1)[0] += 1e-3
         if self.opts.raise_at is not None and s == self.opts.raise_at:
             raise RuntimeError(f"injected failure after step {s}")
         if s == trainer.cfg.train.max_steps:  # saved before the last checkpoint's replica check can stop the run
@@ -139,7 +139,7 @@ class Probe(Callback):
         out = Path(self.opts.out)
         out.mkdir(parents=True, exist_ok=True)
         torch.save({"rank": tr.rank, "world": tr.world, "start_step": self.start_step, "step": tr.step,
-                    "G": clone(tr.G.net.state_dict()), "D": clone(tr.D.net.state_dict()),
+                    "G": clone(tr.G.module.state_dict()), "D": clone(tr.D.module.state_dict()),
                     "G_ema": clone(tr.G_ema.state_dict()) if tr.G_ema is not None else {}, "init": self.init,
                     "consumed": self.consumed, "epoch0": epoch0, "noises": self.noises,
                     "local_stats": self.local_stats, "logged": self.logged, "snapshots": self.snapshots,

@@ -124,7 +124,8 @@ def test_distributed_evaluate_equals_one_process(debug_run, tmp_path):
     run_dir, _ = debug_run
     ckpt = str(run_dir / "checkpoints" / "step-000000040")
     args = ["--checkpoint", ckpt, "--num", "1000", "--block", "250", "--metrics", "fd,cs,modes,pr,nn"]
-    one = run(["distgan.evaluate", *args, "--json", str(tmp_path / "one.json")])
+    # both in processes with one thread each: the features' float sums then run in the same order
+    one = module("distgan.evaluate", *args, "--json", str(tmp_path / "one.json"))
     run_cmd(launch_cmd(2, "-m", "distgan.evaluate", *args, "--json", str(tmp_path / "two.json")), timeout=240)
     a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert a["world_size"] == 1 and b["world_size"] == 2

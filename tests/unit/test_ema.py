@@ -84,14 +84,14 @@ def test_trainer_recalibrates_only_the_average_and_only_for_output(tmp_path, dat
         runs[n] = Trainer(cfg, tmp_path / f"bn{n}")
         runs[n].train()
     a, b = runs[0], runs[5]
-    for x, y in zip([*a.G.net.state_dict().values(), *a.D.net.state_dict().values()],
-                    [*b.G.net.state_dict().values(), *b.D.net.state_dict().values()]):
+    for x, y in zip([*a.G.module.state_dict().values(), *a.D.module.state_dict().values()],
+                    [*b.G.module.state_dict().values(), *b.D.module.state_dict().values()]):
         assert torch.equal(x, y)
     for x, y in zip(a.G_ema.parameters(), b.G_ema.parameters()):
         assert torch.equal(x, y)
     bn_a, bn_b = a.G_ema.fc[1], b.G_ema.fc[1]
-    assert torch.equal(bn_a.running_mean, a.G.net.fc[1].running_mean)  # bn_batches=0: G's statistics
+    assert torch.equal(bn_a.running_mean, a.G.module.fc[1].running_mean)  # bn_batches=0: G's statistics
     assert not torch.allclose(bn_b.running_mean, bn_a.running_mean)
-    saved = make_ema(b.G.net)
+    saved = make_ema(b.G.module)
     load_weights(b.run_dir / "checkpoints" / "step-000000004", "G_ema.safetensors", saved)
     assert torch.equal(saved.fc[1].running_mean, bn_b.running_mean)

@@ -23,22 +23,22 @@ def changed(before, m):
 
 
 def test_d_step_changes_d_not_g(trainer):
-    g0, d0 = snapshot(trainer.G.net), snapshot(trainer.D.net)
+    g0, d0 = snapshot(trainer.G.module), snapshot(trainer.D.module)
     trainer.G.opt.zero_grad(set_to_none=True)
     trainer.gan.d_step([trainer.real_batch(0, 0)], [trainer.noise(trainer.micro_sizes[0])])
-    assert changed(d0, trainer.D.net) and not changed(g0, trainer.G.net)
-    assert all(p.grad is None for p in trainer.G.net.parameters()), "D's phase built a graph for G"
+    assert changed(d0, trainer.D.module) and not changed(g0, trainer.G.module)
+    assert all(p.grad is None for p in trainer.G.module.parameters()), "D's phase built a graph for G"
 
 
 def test_g_step_changes_g_not_d(trainer):
-    g0 = snapshot(trainer.G.net)
+    g0 = snapshot(trainer.G.module)
     trainer.gan.d_step([trainer.real_batch(0, 0)], [trainer.noise(trainer.micro_sizes[0])])  # D has momentum now
-    d1 = snapshot(trainer.D.net)
+    d1 = snapshot(trainer.D.module)
     trainer.D.opt.zero_grad(set_to_none=True)
     trainer.gan.g_step([trainer.noise(trainer.micro_sizes[0])])
-    assert changed(g0, trainer.G.net) and not changed(d1, trainer.D.net)
-    assert all(p.grad is None for p in trainer.D.net.parameters()), "G's phase computed D gradients"
-    assert all(p.requires_grad for p in trainer.D.net.parameters()), "D left frozen after G's phase"
+    assert changed(g0, trainer.G.module) and not changed(d1, trainer.D.module)
+    assert all(p.grad is None for p in trainer.D.module.parameters()), "G's phase computed D gradients"
+    assert all(p.requires_grad for p in trainer.D.module.parameters()), "D left frozen after G's phase"
 
 
 def test_k_d_updates_then_one_g_update_on_fresh_batches(trainer):
@@ -62,19 +62,19 @@ def test_k_d_updates_then_one_g_update_on_fresh_batches(trainer):
 
 def test_step_is_reproducible_from_seed_rank_step(trainer):
     torch.manual_seed(123)  # whatever the global state, a step draws from (seed, rank, step)
-    state = {k: v.clone() for k, v in trainer.G.net.state_dict().items()}
-    d_state = {k: v.clone() for k, v in trainer.D.net.state_dict().items()}
+    state = {k: v.clone() for k, v in trainer.G.module.state_dict().items()}
+    d_state = {k: v.clone() for k, v in trainer.D.module.state_dict().items()}
     g_opt, d_opt = trainer.G.opt.state_dict(), trainer.D.opt.state_dict()
     import copy
 
     g_opt, d_opt = copy.deepcopy(g_opt), copy.deepcopy(d_opt)
     trainer.train_step(10)
-    after = [p.clone() for p in trainer.G.net.parameters()]
-    trainer.G.net.load_state_dict(state); trainer.D.net.load_state_dict(d_state)
+    after = [p.clone() for p in trainer.G.module.parameters()]
+    trainer.G.module.load_state_dict(state); trainer.D.module.load_state_dict(d_state)
     trainer.G.opt.load_state_dict(g_opt); trainer.D.opt.load_state_dict(d_opt)
     torch.manual_seed(999)
     trainer.train_step(10)
-    for a, b in zip(after, trainer.G.net.parameters()):
+    for a, b in zip(after, trainer.G.module.parameters()):
         assert torch.equal(a, b)
 
 

@@ -15,7 +15,7 @@ def make(tmp_path, name, data_dir, extra=()):
 
 
 def params(tr):
-    return {f"G.{k}": v for k, v in tr.G.net.named_parameters()} | {f"D.{k}": v for k, v in tr.D.net.named_parameters()}
+    return {f"G.{k}": v for k, v in tr.G.module.named_parameters()} | {f"D.{k}": v for k, v in tr.D.module.named_parameters()}
 
 
 @pytest.mark.slow
@@ -66,14 +66,14 @@ def test_fp16_overflow_in_d_skips_only_d_and_is_not_divergence(tmp_path, data_di
     tr.train_step(0)  # the scalers' scales exist from their first use on
     tr.D.scaler.update(new_scale=2.0 ** 120)  # fp16 gradients times 2**120: inf
     g_scale = tr.G.scaler.get_scale()
-    d0, g0 = snap(tr.D.net), snap(tr.G.net)
+    d0, g0 = snap(tr.D.module), snap(tr.G.module)
     n = tr.micro_sizes[0]
     tr.gan.d_step([tr.real_batch(0, 0)], [tr.noise(n)])
     tr.gan.g_step([tr.noise(n)])
-    assert same(d0, tr.D.net), "D's overflowing step was applied"
-    assert not same(g0, tr.G.net), "G's step was skipped too"
+    assert same(d0, tr.D.module), "D's overflowing step was applied"
+    assert not same(g0, tr.G.module), "G's step was skipped too"
     assert tr.D.scaler.get_scale() == 2.0 ** 119 and tr.G.scaler.get_scale() == g_scale
-    assert tr.gan.overflow.tolist() == [1.0, 0.0] and tr.gan.skipped.tolist() == [0.0, 0.0]
+    assert tr.gan.guard.overflow.tolist() == [1.0, 0.0] and tr.gan.guard.skipped.tolist() == [0.0, 0.0]
     assert tr.check_guard()["amp/overflow/D"] == 1.0  # reported, and no Diverged even under nonfinite=stop
     tr.cfg.train.nonfinite = "stop"
     tr.check_guard()
@@ -84,10 +84,10 @@ def test_fp16_nan_loss_is_divergence_not_overflow(tmp_path, data_dir):
     tr = make(tmp_path, "n", data_dir, [*FP16, "train.nonfinite=stop"])
     x = tr.real_batch(0, 0).clone()
     x[0, 0, 0, 0] = float("nan")
-    d0 = snap(tr.D.net)
+    d0 = snap(tr.D.module)
     tr.gan.d_step([x], [tr.noise(tr.micro_sizes[0])])
-    assert same(d0, tr.D.net)
-    assert tr.gan.skipped.tolist() == [1.0, 0.0] and tr.gan.overflow.tolist() == [0.0, 0.0]
+    assert same(d0, tr.D.module)
+    assert tr.gan.guard.skipped.tolist() == [1.0, 0.0] and tr.gan.guard.overflow.tolist() == [0.0, 0.0]
     from distgan.errors import Diverged
 
     with pytest.raises(Diverged, match="train.nonfinite=stop"):
@@ -101,10 +101,10 @@ def test_fp16_with_r1_steps_on(tmp_path, data_dir):
                                          "model.noise=normal", "loss.r1_gamma=1", "loss.r1_every=1"])
     assert tr.D.opt.defaults.get("fused")
     for step in range(3):  # D, R1, G each step
-        d0 = snap(tr.D.net)
+        d0 = snap(tr.D.module)
         d, g = tr.train_step(step)
         assert torch.isfinite(d).all() and torch.isfinite(g).all() and torch.isfinite(tr.r1_last).all()
-        assert not same(d0, tr.D.net)
+        assert not same(d0, tr.D.module)
     assert not hasattr(tr.D.opt, "grad_scale") and not hasattr(tr.D.opt, "found_inf")
 
 
@@ -191,4 +191,4 @@ def test_bf16_autocast_step_runs_on_cpu(tmp_path, data_dir):
     assert tr.precision == "bf16"
     d, g = tr.train_step(0)
     assert torch.isfinite(d).all() and torch.isfinite(g).all()
-    assert all(p.dtype == torch.float32 for p in tr.G.net.parameters())  # autocast keeps fp32 master weights
+    assert all(p.dtype == torch.float32 for p in tr.G.module.parameters())  # autocast keeps fp32 master weights
