@@ -143,9 +143,14 @@ def row_trainer(cfg, steps: int, warmup: int, host: bool = True) -> dict:
     if host:  # the same loop with the arithmetic taken away: what is left is host time
         from distgan.config import build
 
-        tiny = build({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "width": 8},
-                      "train": {**cfg.to_dict()["train"], "batch_size": 8, "grad_accum": 1},
-                      "ema": {**cfg.to_dict()["ema"], "bn_batches": 0}})
+        tiny = build(
+            {
+                **cfg.to_dict(),
+                "model": {**cfg.to_dict()["model"], "width": 8},
+                "train": {**cfg.to_dict()["train"], "batch_size": 8, "grad_accum": 1},
+                "ema": {**cfg.to_dict()["ema"], "bn_batches": 0},
+            }
+        )
         out["host_ms"] = 1e3 * row_trainer(tiny, steps, warmup, host=False)["s_per_step"]
     return out
 
@@ -179,13 +184,17 @@ def _row_trainer(tr, cfg, steps: int, warmup: int, t_build: float) -> dict:
     for s in range(warmup + steps, warmup + steps + n_ph):
         torch.manual_seed(s)
         for i in range(k):
-            _sync(dev); a = time.perf_counter()
+            _sync(dev)
+            a = time.perf_counter()
             reals = [tr.real_batch(s * k + i, m) for m in range(accum)]
             zs = [tr.noise(n) for n in tr.micro_sizes]
-            _sync(dev); b = time.perf_counter()
+            _sync(dev)
+            b = time.perf_counter()
             tr.gan.d_step(reals, zs)
-            _sync(dev); c = time.perf_counter()
-            phases["data"] += b - a; phases["D"] += c - b
+            _sync(dev)
+            c = time.perf_counter()
+            phases["data"] += b - a
+            phases["D"] += c - b
         a = time.perf_counter()
         tr.gan.g_step([tr.noise(n) for n in tr.micro_sizes])
         tr.gan.end_step()
@@ -200,11 +209,18 @@ def _row_trainer(tr, cfg, steps: int, warmup: int, t_build: float) -> dict:
     kernels = kernels_per_step(lambda: step(s_next), dev, cfg.compile.enabled)
     with torch.compiler.set_stance("force_eager"):
         flops = _flops(lambda: tr.train_step(s_next))
-    return {"s_per_step": dt, "phases_ms": {p: 1e3 * v / n_ph for p, v in phases.items()}, "flops_step": flops,
-            "kernels_step": kernels, "warmup_s": warm_s, "compile_s": warm_s - warmup * dt,
-            "build_s": t0 - t_build - warm_s,
-            "precision": precision_label(tr.precision, dev, cfg.runtime.tf32), "device": str(dev),
-            "peak_mem_mb": _peak_mem_mb(dev)}
+    return {
+        "s_per_step": dt,
+        "phases_ms": {p: 1e3 * v / n_ph for p, v in phases.items()},
+        "flops_step": flops,
+        "kernels_step": kernels,
+        "warmup_s": warm_s,
+        "compile_s": warm_s - warmup * dt,
+        "build_s": t0 - t_build - warm_s,
+        "precision": precision_label(tr.precision, dev, cfg.runtime.tf32),
+        "device": str(dev),
+        "peak_mem_mb": _peak_mem_mb(dev),
+    }
 
 
 def row_textbook(cfg, steps: int, warmup: int) -> dict:
@@ -254,7 +270,8 @@ def row_textbook(cfg, steps: int, warmup: int) -> dict:
             a = time.perf_counter()
             x = next_batch()
             z = sample_noise(B, z_dim, cfg.model.noise, dev)
-            if timed: _sync(dev)
+            if timed:
+                _sync(dev)
             b = time.perf_counter()
             opt_d.zero_grad()
             real = D(x)
@@ -264,7 +281,8 @@ def row_textbook(cfg, steps: int, warmup: int) -> dict:
             opt_d.step()
             loss_d.item()
             c = time.perf_counter()
-            phases["data"] += b - a; phases["D"] += c - b
+            phases["data"] += b - a
+            phases["D"] += c - b
         a = time.perf_counter()
         opt_g.zero_grad()
         out = D(G(sample_noise(B, z_dim, cfg.model.noise, dev)))
@@ -289,10 +307,18 @@ def row_textbook(cfg, steps: int, warmup: int) -> dict:
     n_ph = max(3, steps // 10)
     for _ in range(n_ph):
         step(timed=True)
-    return {"s_per_step": dt, "phases_ms": {p: 1e3 * v / n_ph for p, v in phases.items()},
-            "flops_step": _flops(step), "kernels_step": kernels_per_step(step, dev, False), "host_ms": None,
-            "warmup_s": None, "build_s": None, "precision": "fp32", "device": str(dev),
-            "peak_mem_mb": _peak_mem_mb(dev)}
+    return {
+        "s_per_step": dt,
+        "phases_ms": {p: 1e3 * v / n_ph for p, v in phases.items()},
+        "flops_step": _flops(step),
+        "kernels_step": kernels_per_step(step, dev, False),
+        "host_ms": None,
+        "warmup_s": None,
+        "build_s": None,
+        "precision": "fp32",
+        "device": str(dev),
+        "peak_mem_mb": _peak_mem_mb(dev),
+    }
 
 
 def gemm_reference(cfg, repeats: int = 20) -> float:
@@ -326,16 +352,29 @@ def row_data(cfg, steps: int, warmup: int) -> dict:
     B = cfg.train.batch_size
     from distgan.data.sampler import BatchLayout
 
-    sb = StreamBatches(urls, BatchLayout(B, 0, 1), cfg.data.image_shape, cfg.train.seed, cfg.data.workers,
-                       cfg.data.shuffle_buffer, "cpu")
+    sb = StreamBatches(
+        urls,
+        BatchLayout(B, 0, 1),
+        cfg.data.image_shape,
+        cfg.train.seed,
+        cfg.data.workers,
+        cfg.data.shuffle_buffer,
+        "cpu",
+    )
     for j in range(warmup):
         sb.batch(j)
     t0 = time.perf_counter()
     for j in range(warmup, warmup + steps):
         sb.batch(j)
     dt = (time.perf_counter() - t0) / steps
-    return {"s_per_step": dt, "workers": cfg.data.workers, "skipped": sb.skipped, "device": "cpu",
-            "precision": "-", "peak_mem_mb": _peak_mem_mb(torch.device("cpu"))}
+    return {
+        "s_per_step": dt,
+        "workers": cfg.data.workers,
+        "skipped": sb.skipped,
+        "device": "cpu",
+        "precision": "-",
+        "peak_mem_mb": _peak_mem_mb(torch.device("cpu")),
+    }
 
 
 def _measure_row(row: str, config: str, overrides: list[str], steps: int, warmup: int) -> dict:
@@ -362,12 +401,25 @@ def _spawn(args, row: str, overrides: list[str]) -> dict:
     ``--quick`` (a check that every row runs, not a measurement) in this process."""
     if args.quick:
         return _measure_row(row, args.config, [*args.overrides, *overrides], args.steps, args.warmup)
-    cmd = [sys.executable, "-m", "distgan.bench", "--_row", row, "--config", args.config, "--steps", str(args.steps),
-           "--warmup", str(args.warmup), *args.overrides, *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "distgan.bench",
+        "--_row",
+        row,
+        "--config",
+        args.config,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        *args.overrides,
+        *overrides,
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
     for line in p.stdout.splitlines():
         if line.startswith("BENCH-ROW "):
-            return json.loads(line[len("BENCH-ROW "):])
+            return json.loads(line[len("BENCH-ROW ") :])
     raise RuntimeError(f"bench row {row} {overrides} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
 
 
@@ -376,13 +428,20 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="configs/mnist_paper.yaml")
     p.add_argument("--steps", type=int, default=200, help="timed steps per row (default %(default)s)")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps first (compilation happens here)")
-    p.add_argument("--compile", default="off,on",
-                   help="trainer rows: comma list of off, on, reduce-overhead (CUDA graphs, GPU only); both = off,on")
-    p.add_argument("--precision", default="no",
-                   help="trainer rows: comma list of no, bf16, fp16, auto (default %(default)s)")
+    p.add_argument(
+        "--compile",
+        default="off,on",
+        help="trainer rows: comma list of off, on, reduce-overhead (CUDA graphs, GPU only); both = off,on",
+    )
+    p.add_argument(
+        "--precision", default="no", help="trainer rows: comma list of no, bf16, fp16, auto (default %(default)s)"
+    )
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is shown")
-    p.add_argument("--quick", action="store_true",
-                   help="a few steps, one round, rows in this process: checks that every row runs (no figures to quote)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few steps, one round, rows in this process: checks that every row runs (no figures to quote)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stream", action="store_true", help="trainer from shards vs from memory (webdataset configs)")
     mode.add_argument("--data-only", action="store_true", help="the shard loader alone (webdataset configs)")
@@ -409,9 +468,11 @@ def main(argv=None) -> int:
     return 0
 
 
-COMPILE_MODES = {"off": ("eager", ["compile.enabled=false"]),
-                 "on": ("compiled", ["compile.enabled=true", "compile.mode=default"]),
-                 "reduce-overhead": ("cudagraph", ["compile.enabled=true", "compile.mode=reduce-overhead"])}
+COMPILE_MODES = {
+    "off": ("eager", ["compile.enabled=false"]),
+    "on": ("compiled", ["compile.enabled=true", "compile.mode=default"]),
+    "reduce-overhead": ("cudagraph", ["compile.enabled=true", "compile.mode=reduce-overhead"]),
+}
 
 
 def trainer_rows(precisions: str, compiles: str) -> list[tuple[str, str, list[str]]]:
@@ -420,10 +481,13 @@ def trainer_rows(precisions: str, compiles: str) -> list[tuple[str, str, list[st
     precs = [p.strip() for p in precisions.split(",") if p.strip()]
     bad = [m for m in modes if m not in COMPILE_MODES] + [p for p in precs if p not in ("no", "bf16", "fp16", "auto")]
     if bad or not modes or not precs:
-        raise ValueError(f"unknown --compile/--precision value(s) {bad}; --compile takes off,on,reduce-overhead "
-                         f"and --precision no,bf16,fp16,auto")
-    return [("trainer", COMPILE_MODES[m][0], [f"runtime.precision={p}", *COMPILE_MODES[m][1]])
-            for p in precs for m in modes]
+        raise ValueError(
+            f"unknown --compile/--precision value(s) {bad}; --compile takes off,on,reduce-overhead "
+            f"and --precision no,bf16,fp16,auto"
+        )
+    return [
+        ("trainer", COMPILE_MODES[m][0], [f"runtime.precision={p}", *COMPILE_MODES[m][1]]) for p in precs for m in modes
+    ]
 
 
 def _main_stream(args) -> int:
@@ -435,38 +499,54 @@ def _main_stream(args) -> int:
         print(f"distgan: {e}", file=sys.stderr)
         return 2
     if cfg.data.dataset != "webdataset":
-        print(f"distgan: --stream and --data-only need a webdataset config; {args.config} has data.dataset="
-              f"{cfg.data.dataset}", file=sys.stderr)
+        print(
+            f"distgan: --stream and --data-only need a webdataset config; {args.config} has data.dataset="
+            f"{cfg.data.dataset}",
+            file=sys.stderr,
+        )
         return 2
     if args.data_only:
-        rows = [("data", "workers=0", ["data.workers=0"]),
-                ("data", f"workers={cfg.data.workers}", [f"data.workers={cfg.data.workers}"])]
+        rows = [
+            ("data", "workers=0", ["data.workers=0"]),
+            ("data", f"workers={cfg.data.workers}", [f"data.workers={cfg.data.workers}"]),
+        ]
     else:
         prec = [f"runtime.precision={args.precision}", f"compile.enabled={args.compile == 'on'}"]
-        rows = [("trainer", "memory", prec + ["data.in_memory=true"]), ("trainer", "stream", prec + ["data.in_memory=false"])]
+        rows = [
+            ("trainer", "memory", prec + ["data.in_memory=true"]),
+            ("trainer", "stream", prec + ["data.in_memory=false"]),
+        ]
     results: dict[int, list[dict]] = {i: [] for i in range(len(rows))}
     for _ in range(args.repeats):
         for i, (row, _, ov) in enumerate(rows):
             results[i].append(_spawn(args, row, ov))
-    med = {i: min(rs, key=lambda r: abs(r["s_per_step"] - statistics.median(x["s_per_step"] for x in rs)))
-           for i, rs in results.items()}
+    med = {
+        i: min(rs, key=lambda r: abs(r["s_per_step"] - statistics.median(x["s_per_step"] for x in rs)))
+        for i, rs in results.items()
+    }
     imgs = cfg.train.batch_size * (1 if args.data_only else cfg.train.d_steps)
     first = med[0]
-    print(f"distgan.bench {'--data-only' if args.data_only else '--stream'} | config {args.config} | image "
-          f"{'x'.join(map(str, cfg.data.image_shape))} | batch {cfg.train.batch_size} | torch {first['torch']} | device "
-          f"{first['device']}{' ' + first.get('gpu', '') if first.get('gpu') else ''} | threads {first['threads']} | "
-          f"{args.steps} timed steps, median of {args.repeats}")
+    print(
+        f"distgan.bench {'--data-only' if args.data_only else '--stream'} | config {args.config} | image "
+        f"{'x'.join(map(str, cfg.data.image_shape))} | batch {cfg.train.batch_size} | torch {first['torch']} | device "
+        f"{first['device']}{' ' + first.get('gpu', '') if first.get('gpu') else ''} | threads {first['threads']} | "
+        f"{args.steps} timed steps, median of {args.repeats}"
+    )
     hdr = f"{'row':<9}{'mode':<12}{'img/s':>10}{'ms/step':>10}{'vs first':>10}{'peak MB':>9}"
     print(hdr)
     print("-" * len(hdr))
     base = imgs / med[0]["s_per_step"]
     for i, (row, mode, _) in enumerate(rows):
         ips = imgs / med[i]["s_per_step"]
-        print(f"{row:<9}{mode:<12}{ips:>10.0f}{1e3 * med[i]['s_per_step']:>10.2f}{ips / base:>10.2f}"
-              f"{med[i]['peak_mem_mb']:>9.0f}")
+        print(
+            f"{row:<9}{mode:<12}{ips:>10.0f}{1e3 * med[i]['s_per_step']:>10.2f}{ips / base:>10.2f}"
+            f"{med[i]['peak_mem_mb']:>9.0f}"
+        )
     if not args.data_only:
-        print(f"streaming runs at {100 * (imgs / med[1]['s_per_step']) / base:.1f}% of the in-memory "
-              f"images/s (data.workers={cfg.data.workers})")
+        print(
+            f"streaming runs at {100 * (imgs / med[1]['s_per_step']) / base:.1f}% of the in-memory "
+            f"images/s (data.workers={cfg.data.workers})"
+        )
     return 0
 
 
@@ -474,8 +554,10 @@ def _print_table(args, rows, results) -> None:
     from distgan.config import load
 
     cfg = load(args.config, args.overrides)
-    med = {i: min(rs, key=lambda r: abs(r["s_per_step"] - statistics.median(x["s_per_step"] for x in rs)))
-           for i, rs in results.items()}
+    med = {
+        i: min(rs, key=lambda r: abs(r["s_per_step"] - statistics.median(x["s_per_step"] for x in rs)))
+        for i, rs in results.items()
+    }
     print(format_table(args.config, cfg, rows, med, args.steps, args.repeats))
 
 
@@ -484,11 +566,16 @@ def format_table(config: str, cfg, rows, med: dict, steps: int, repeats: int) ->
     imgs = cfg.train.batch_size * cfg.train.d_steps
     first = med[0]
     gpu = first.get("gpu", "")
-    out = [f"distgan.bench | config {config} | batch {cfg.train.batch_size} | k={cfg.train.d_steps} | "
-           f"torch {first['torch']} | device {first['device']}{' ' + gpu if gpu else ''} | threads {first['threads']} "
-           f"| {steps} timed steps, median of {repeats}"]
-    hdr = (f"{'loop':<9}{'mode':<10}{'prec':<6}{'img/s':>9}{'ms/step':>9}{'ratio':>7}{'kernels':>8}{'host ms':>8}"
-           f"{'data ms':>8}{'D ms':>8}{'G ms':>8}{'MFLOP/img':>10}{'TFLOP/s':>9}{'% peak':>8}{'peak MB':>8}{'compile s':>10}")
+    out = [
+        f"distgan.bench | config {config} | batch {cfg.train.batch_size} | k={cfg.train.d_steps} | "
+        f"torch {first['torch']} | device {first['device']}{' ' + gpu if gpu else ''} | threads {first['threads']} "
+        f"| {steps} timed steps, median of {repeats}"
+    ]
+    hdr = (
+        f"{'loop':<9}{'mode':<10}{'prec':<6}{'img/s':>9}{'ms/step':>9}{'ratio':>7}{'kernels':>8}{'host ms':>8}"
+        f"{'data ms':>8}{'D ms':>8}{'G ms':>8}{'MFLOP/img':>10}{'TFLOP/s':>9}{'% peak':>8}{'peak MB':>8}"
+        f"{'compile s':>10}"
+    )
     out += [hdr, "-" * len(hdr)]
     base_ips = imgs / med[0]["s_per_step"]
     na = float("nan")
@@ -503,26 +590,35 @@ def format_table(config: str, cfg, rows, med: dict, steps: int, repeats: int) ->
         ph = r["phases_ms"]
         kern = f"{r['kernels_step']:.0f}" if r.get("kernels_step") is not None else "-"
         host = f"{r['host_ms']:.2f}" if r.get("host_ms") is not None else "-"
-        out.append(f"{row:<9}{mode:<10}{r['precision']:<6}{ips:>9.0f}{1e3 * r['s_per_step']:>9.2f}{ips / base_ips:>7.2f}"
-                   f"{kern:>8}{host:>8}{ph['data']:>8.2f}{ph['D']:>8.2f}{ph['G']:>8.2f}"
-                   f"{(f or na) / imgs / 1e6:>10.2f}{tflops:>9.3f}{pct:>8}{r['peak_mem_mb']:>8.0f}"
-                   f"{(f'{compile_s:.1f}' if compile_s is not None else '-'):>10}")
+        out.append(
+            f"{row:<9}{mode:<10}{r['precision']:<6}{ips:>9.0f}{1e3 * r['s_per_step']:>9.2f}{ips / base_ips:>7.2f}"
+            f"{kern:>8}{host:>8}{ph['data']:>8.2f}{ph['D']:>8.2f}{ph['G']:>8.2f}"
+            f"{(f or na) / imgs / 1e6:>10.2f}{tflops:>9.3f}{pct:>8}{r['peak_mem_mb']:>8.0f}"
+            f"{(f'{compile_s:.1f}' if compile_s is not None else '-'):>10}"
+        )
     if first.get("gemm_gflops"):
         out.append(f"reference: fp32 GEMMs of the model's Linear shapes run at {first['gemm_gflops']:.1f} GFLOP/s here")
     if gpu and (p := gpu_peak(gpu, "bf16")):
-        out.append(f"% peak: of the {p[0]}'s dense datasheet peak for the row's precision (fp32 = CUDA cores, "
-                   f"tf32/bf16/fp16 = tensor cores)")
+        out.append(
+            f"% peak: of the {p[0]}'s dense datasheet peak for the row's precision (fp32 = CUDA cores, "
+            f"tf32/bf16/fp16 = tensor cores)"
+        )
     elif gpu:
         out.append(f"% peak: no datasheet figures for {gpu!r} in distgan.bench.GPU_PEAKS")
     trainer = [med[i] for i, (row, _, _) in enumerate(rows) if row == "trainer" and med[i].get("host_ms")]
     if trainer:
         h = min(r["host_ms"] for r in trainer)
-        out.append(f"launch-bound ceiling: {h:.2f} ms of host time per step even with no arithmetic, so at most "
-                   f"{1e3 / h:.0f} steps/s = {imgs * 1e3 / h:.0f} img/s per process at this batch; more images per "
-                   f"step (a larger per-GPU batch) or fewer launches (CUDA graphs) raise it")
-    out.append("kernels: dispatched non-view ops per step (CUDA profiler kernels on a GPU); host ms: the same loop at "
-               "width 8 and batch 8; peak MB: CUDA max allocated on a GPU, else the process's max RSS")
+        out.append(
+            f"launch-bound ceiling: {h:.2f} ms of host time per step even with no arithmetic, so at most "
+            f"{1e3 / h:.0f} steps/s = {imgs * 1e3 / h:.0f} img/s per process at this batch; more images per "
+            f"step (a larger per-GPU batch) or fewer launches (CUDA graphs) raise it"
+        )
+    out.append(
+        "kernels: dispatched non-view ops per step (CUDA profiler kernels on a GPU); host ms: the same loop at "
+        "width 8 and batch 8; peak MB: CUDA max allocated on a GPU, else the process's max RSS"
+    )
     return "\n".join(out)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -51,7 +51,7 @@ def plain_state_dict(module: nn.Module | dict) -> dict[str, torch.Tensor]:
     for k, v in sd.items():
         for prefix in ("module.", "_orig_mod."):
             while k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         k = k.replace("._orig_mod.", ".").replace(".module.", ".")
         out[k] = v.detach().to("cpu").contiguous().clone()
     return out
@@ -69,8 +69,15 @@ def step_dirname(step: int) -> str:
     return f"step-{step:09d}"
 
 
-def save(ckpt_root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict,
-         manifest_extra: dict, keep_last: int, name: str | None = None) -> Path:
+def save(
+    ckpt_root: Path,
+    step: int,
+    weights: dict[str, dict[str, torch.Tensor]],
+    state: dict,
+    manifest_extra: dict,
+    keep_last: int,
+    name: str | None = None,
+) -> Path:
     """Write one checkpoint atomically and point ``latest`` at it. Call on one rank only.
 
     ``name`` (``best``) writes ``ckpt_root/name`` instead, replacing the previous one only once the new
@@ -92,8 +99,13 @@ def save(ckpt_root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]]
         for p in sorted(tmp.iterdir()):
             fsync_file(p)
             files[p.name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-        manifest = {"format": 1, "step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files,
-                    **manifest_extra}
+        manifest = {
+            "format": 1,
+            "step": step,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "files": files,
+            **manifest_extra,
+        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         fsync_file(tmp / "manifest.json")
         fsync_dir(tmp)
@@ -104,7 +116,8 @@ def save(ckpt_root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]]
         raise CheckpointError(
             f"writing checkpoint {final.name} under {ckpt_root} failed: {e} (disk full, quota or a file-size "
             f"limit?). Nothing was replaced: checkpoints/latest still names {kept}. Free space and resume with "
-            f"train.resume=auto.") from None
+            f"train.resume=auto."
+        ) from None
     if final.exists():  # the same step written again (e.g. a resumed run stopped at once): replace it last
         old = ckpt_root / f".old-{final.name}-{os.getpid()}"
         os.replace(final, old)
@@ -162,8 +175,10 @@ def resolve(path: str | os.PathLike, warn=print) -> Path:
     """A run dir (its latest good checkpoint) or one checkpoint directory -> a checkpoint directory."""
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint path {p} does not exist; give a run dir or a checkpoint directory "
-                              f"such as RUN/checkpoints/step-000001000")
+        raise CheckpointError(
+            f"checkpoint path {p} does not exist; give a run dir or a checkpoint directory "
+            f"such as RUN/checkpoints/step-000001000"
+        )
     if (p / "manifest.json").exists() or _STEP_DIR.match(p.name) or p.name == "best":
         return p
     root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
@@ -189,7 +204,8 @@ def find_latest_good(ckpt_root: Path, warn=print) -> Path | None:
             raise CheckpointError(
                 f"{latest} names {name!r}, which is not a checkpoint directory (removed?); the newest one present "
                 f"is {newest}. Restore it, or resume on purpose with train.resume={ckpt_root / newest} "
-                f"(or remove {latest} to let train.resume=auto pick the newest).")
+                f"(or remove {latest} to let train.resume=auto pick the newest)."
+            )
         if named in candidates:
             candidates.remove(named)
             candidates.insert(0, named)
@@ -218,10 +234,15 @@ def read_weights(ckpt: Path, name: str, module: nn.Module) -> dict[str, torch.Te
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     if missing or unexpected:
-        raise CheckpointError(f"{path} does not fit the model of this config: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}; was it written with another model config?")
-    bad = [f"tensor {k!r} has shape {list(v.shape)} in the checkpoint but {list(own[k].shape)} in the model"
-           for k, v in sorted(sd.items()) if v.shape != own[k].shape]
+        raise CheckpointError(
+            f"{path} does not fit the model of this config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}; was it written with another model config?"
+        )
+    bad = [
+        f"tensor {k!r} has shape {list(v.shape)} in the checkpoint but {list(own[k].shape)} in the model"
+        for k, v in sorted(sd.items())
+        if v.shape != own[k].shape
+    ]
     if bad:
         raise CheckpointError(f"{path} was written with an incompatible config: " + "; ".join(bad))
     return sd
@@ -235,8 +256,9 @@ def load_state(ckpt: Path) -> dict:
 
 
 # --------------------------------------------------------------------- the trainer's state <-> the layout
-def save_trainer_state(ckpt_root: Path, state: dict, manifest_extra: dict, keep_last: int,
-                       name: str | None = None) -> Path:
+def save_trainer_state(
+    ckpt_root: Path, state: dict, manifest_extra: dict, keep_last: int, name: str | None = None
+) -> Path:
     """Write ``Trainer.state_dict()`` (``{"networks": {name: state dict}, "training": {...}}``) as one
     checkpoint: each network to its safetensors file, the rest to state.pt. Call on one rank only."""
     weights = {f"{n}.safetensors": plain_state_dict(sd) for n, sd in state["networks"].items()}

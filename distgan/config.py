@@ -18,12 +18,18 @@ from typing import Any, Literal
 
 import yaml
 
-
 from distgan.errors import ConfigError  # noqa: F401 - re-exported: ``from distgan.config import ConfigError``
 
-
-IDENTITY_KEYS = ("train.batch_size", "train.d_steps", "train.seed", "model.*", "data.dataset", "data.urls",
-                 "data.image_size", "data.channels")
+IDENTITY_KEYS = (
+    "train.batch_size",
+    "train.d_steps",
+    "train.seed",
+    "model.*",
+    "data.dataset",
+    "data.urls",
+    "data.image_size",
+    "data.channels",
+)
 """Config keys that define *what* is trained. A resume that changes one of them is refused unless the key
 is named in ``train.allow_changed`` (``model.*`` stands for every key of the model section)."""
 
@@ -101,11 +107,15 @@ class DataConfig:
         _positive("data.shuffle_buffer", self.shuffle_buffer, zero_ok=True)
         _positive("data.samples_per_epoch", self.samples_per_epoch, zero_ok=True)
         if self.dataset == "webdataset" and not self.urls.strip():
-            raise ConfigError("data.dataset=webdataset needs data.urls, e.g. data.urls='shards/train-{000000..000009}.tar' "
-                              "(write shards with `python -m distgan.data.make_shards`)")
+            raise ConfigError(
+                "data.dataset=webdataset needs data.urls, e.g. data.urls='shards/train-{000000..000009}.tar' "
+                "(write shards with `python -m distgan.data.make_shards`)"
+            )
         if self.dataset == "mnist" and (self.image_size, self.channels) != (28, 1):
-            raise ConfigError(f"data.dataset=mnist is 28x28x1; data.image_size={self.image_size} and data.channels="
-                              f"{self.channels} need data.dataset=webdataset (make_shards --from mnist --size N)")
+            raise ConfigError(
+                f"data.dataset=mnist is 28x28x1; data.image_size={self.image_size} and data.channels="
+                f"{self.channels} need data.dataset=webdataset (make_shards --from mnist --size N)"
+            )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -245,14 +255,17 @@ class TrainConfig:
             raise ConfigError("train.resume must be 'no', 'auto' or a checkpoint path")
         for k in (x.strip() for x in self.allow_changed.split(",") if x.strip()):
             if k not in IDENTITY_KEYS and not (k.startswith("model.") and "model.*" in IDENTITY_KEYS):
-                raise ConfigError(f"train.allow_changed: {k!r} is not an identity key; name keys from "
-                                  f"{list(IDENTITY_KEYS)} (model.* or one model key such as model.width)")
+                raise ConfigError(
+                    f"train.allow_changed: {k!r} is not an identity key; name keys from "
+                    f"{list(IDENTITY_KEYS)} (model.* or one model key such as model.width)"
+                )
 
 
 @dataclass
 class RuntimeConfig:
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """Autocast precision: ``auto`` = bf16 on a GPU that supports it, else fp32; ``fp16`` uses one loss scaler per network."""
+    """Autocast precision: ``auto`` = bf16 on a GPU with native bf16, else fp32; ``fp16`` uses one loss scaler
+    per network."""
     cpu: bool = False
     """Force the CPU even when a GPU is present."""
     tf32: bool = True
@@ -275,8 +288,10 @@ class RuntimeConfig:
         _positive("runtime.pg_timeout_s", self.pg_timeout_s)
         _positive("runtime.fp16_init_scale", self.fp16_init_scale)
         if self.precision == "fp16" and self.cpu and not self.allow_cpu_fp16:
-            raise ConfigError("runtime.precision=fp16 needs a GPU; on the CPU use 'no' or 'bf16' "
-                              "(runtime.allow_cpu_fp16=true is for tests)")
+            raise ConfigError(
+                "runtime.precision=fp16 needs a GPU; on the CPU use 'no' or 'bf16' "
+                "(runtime.allow_cpu_fp16=true is for tests)"
+            )
 
 
 @dataclass
@@ -339,8 +354,10 @@ class EvalConfig:
 
             allowed = figures_of(names)
             if self.best_metric not in allowed:
-                raise ConfigError(f"eval.best_metric={self.best_metric!r} is not a figure of eval.metrics="
-                                  f"{self.metrics!r}; choose one of {sorted(allowed)} or '' for no best checkpoint")
+                raise ConfigError(
+                    f"eval.best_metric={self.best_metric!r} is not a figure of eval.metrics="
+                    f"{self.metrics!r}; choose one of {sorted(allowed)} or '' for no best checkpoint"
+                )
 
 
 @dataclass
@@ -362,23 +379,33 @@ class Config:
         c, h, w = self.data.image_shape
         m = self.model
         if "dcgan28" in (m.generator, m.discriminator) and (h, w) != (28, 28):
-            raise ConfigError(f"model dcgan28 makes 28x28 images but the data are {h}x{w}; use model.generator=dcgan "
-                              f"and model.discriminator=dcgan for 32 or 64 px")
+            raise ConfigError(
+                f"model dcgan28 makes 28x28 images but the data are {h}x{w}; use model.generator=dcgan "
+                f"and model.discriminator=dcgan for 32 or 64 px"
+            )
         if "dcgan" in (m.generator, m.discriminator) and h not in (32, 64):
-            raise ConfigError(f"model dcgan makes 32x32 or 64x64 images but data.image_size={h}; use 32 or 64 (or dcgan28 for 28)")
+            raise ConfigError(
+                f"model dcgan makes 32x32 or 64x64 images but data.image_size={h}; use 32 or 64 (or dcgan28 for 28)"
+            )
         if m.d_spectral_norm and m.discriminator not in SPECTRAL_NORM:
-            raise ConfigError(f"model.d_spectral_norm=true is available for discriminators {sorted(SPECTRAL_NORM)}, "
-                              f"not {m.discriminator!r}")
+            raise ConfigError(
+                f"model.d_spectral_norm=true is available for discriminators {sorted(SPECTRAL_NORM)}, "
+                f"not {m.discriminator!r}"
+            )
         if self.eval.every:
             from distgan.metrics.suite import RGB_METRICS, parse_metrics
 
             if (h, w) != (28, 28):
-                raise ConfigError(f"eval.every={self.eval.every}: the metrics use an MNIST classifier and need 28x28 "
-                                  f"images; the data are {c}x{h}x{w}. Set eval.every=0")
+                raise ConfigError(
+                    f"eval.every={self.eval.every}: the metrics use an MNIST classifier and need 28x28 "
+                    f"images; the data are {c}x{h}x{w}. Set eval.every=0"
+                )
             wrong = [m for m in parse_metrics(self.eval.metrics) if (m in RGB_METRICS) != (c == 3)]
             if wrong:
-                raise ConfigError(f"eval.metrics: {wrong} do not apply to {c}-channel data; use 'stacked' for "
-                                  f"3-channel Stacked MNIST and fd,cs,modes,pr,nn,parzen for MNIST")
+                raise ConfigError(
+                    f"eval.metrics: {wrong} do not apply to {c}-channel data; use 'stacked' for "
+                    f"3-channel Stacked MNIST and fd,cs,modes,pr,nn,parzen for MNIST"
+                )
 
     def to_dict(self) -> dict:
         def conv(v):
@@ -386,14 +413,17 @@ class Config:
                 return list(v)
             return v
 
-        return {s.name: {k: conv(v) for k, v in dataclasses.asdict(getattr(self, s.name)).items()}
-                for s in dataclasses.fields(self)}
+        return {
+            s.name: {k: conv(v) for k, v in dataclasses.asdict(getattr(self, s.name)).items()}
+            for s in dataclasses.fields(self)
+        }
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 # ---------------------------------------------------------------------------------------- loading
+
 
 def _coerce(key: str, value: Any, tp) -> Any:
     """Check ``value`` against the annotation ``tp``; parse strings from the command line."""
@@ -440,7 +470,7 @@ def _coerce(key: str, value: Any, tp) -> Any:
         return float(value)
     if tp is str:
         if isinstance(value, (dict, list, bool)):
-            raise ConfigError(f"{key}={value!r} must be a string (quote it in YAML: \"no\", not no)")
+            raise ConfigError(f'{key}={value!r} must be a string (quote it in YAML: "no", not no)')
         return str(value)
     raise TypeError(f"unsupported annotation {tp} for {key}")
 
@@ -512,3 +542,57 @@ def load(path: str | os.PathLike | None, overrides: list[str] = (), env: dict | 
     if cfg.train.resume not in ("no", "auto"):
         cfg.train.resume = str(Path(cfg.train.resume).expanduser().resolve())
     return cfg
+
+
+# ------------------------------------------------------------------------------------ reference
+def field_docs(cls) -> dict[str, str]:
+    """{field: its docstring} from the source (the string literal under each field)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    out = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            out[node.target.id] = " ".join(inspect.cleandoc(nxt.value.value).split())
+    return out
+
+
+def reference() -> str:
+    """Every config key with its type, default and docstring, as Markdown (docs/config.md;
+    ``python -m distgan.train --help-config``)."""
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from the docstrings in `distgan/config.py` by `python -m distgan.train --help-config`; a test",
+        "keeps this file in sync. Set keys in a YAML file (`section:` then `key: value`) or on the command line",
+        "(`section.key=value`); the command line wins over the environment (`DISTGAN_DATA_DIR`, `WANDB_MODE`),",
+        "which wins over the file. Unknown keys, wrong types and impossible values are errors at load time.",
+        "",
+    ]
+    defaults = Config()
+    for sec in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[sec.name]
+        docs, hints = field_docs(cls), typing.get_type_hints(cls)
+        lines += [f"## {sec.name}", "", "| key | type | default | what |", "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            tname = (
+                " \\| ".join(repr(a) for a in typing.get_args(tp))
+                if typing.get_origin(tp) is Literal
+                else getattr(tp, "__name__", str(tp)).replace("|", "\\|")
+            )
+            default = getattr(getattr(defaults, sec.name), f.name)
+            default = list(default) if isinstance(default, tuple) else default
+            doc = docs.get(f.name, "").replace("``", "`").replace("|", "\\|")
+            lines.append(f"| `{sec.name}.{f.name}` | {tname} | `{default!r}` | {doc} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -57,10 +57,27 @@ class GeneratorAverage:
     ``bn_batches`` batches of ``batch`` fixed noise vectors; rank 0 computes the statistics and the other
     ranks receive them (with SyncBatchNorm every rank takes part, on the same noise)."""
 
-    def __init__(self, G: nn.Module, halflife_images: float, rampup: float, bn_batches: int, batch: int, seed: int,
-                 noise_fn, rank: int = 0, world: int = 1, sync_batchnorm: bool = False):
+    def __init__(
+        self,
+        G: nn.Module,
+        halflife_images: float,
+        rampup: float,
+        bn_batches: int,
+        batch: int,
+        seed: int,
+        noise_fn,
+        rank: int = 0,
+        world: int = 1,
+        sync_batchnorm: bool = False,
+    ):
         self.module = make_ema(G)
-        self.halflife, self.rampup, self.bn_batches, self.batch, self.seed = halflife_images, rampup, bn_batches, batch, seed
+        self.halflife, self.rampup, self.bn_batches, self.batch, self.seed = (
+            halflife_images,
+            rampup,
+            bn_batches,
+            batch,
+            seed,
+        )
         self.noise_fn, self.rank, self.world, self.sync_bn = noise_fn, rank, world, sync_batchnorm
         self._bn_step: int | None = None
 

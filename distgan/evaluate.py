@@ -1,6 +1,7 @@
 """Score a checkpoint, an .npz of samples, or real MNIST images (the floors), fully offline.
 
-    python -m distgan.evaluate --checkpoint runs/dcgan [--metrics all|fd,cs,modes,pr,nn,parzen] [--num 10000] [--json out.json]
+    python -m distgan.evaluate --checkpoint runs/dcgan [--metrics all|fd,cs,modes,pr,nn,parzen] [--num 10000]
+                               [--json out.json]
     accelerate launch -m distgan.evaluate --checkpoint runs/dcgan ...   # each rank generates its share
     python -m distgan.evaluate --samples samples.npz --metrics parzen,nn
     python -m distgan.evaluate --real train --num 10000 --metrics all   # real vs real: what "perfect" scores
@@ -28,8 +29,9 @@ import numpy as np
 import torch
 
 
-def generate_blocks(G, cfg, num: int, seed: int, rank: int = 0, world: int = 1, block: int = 500,
-                    device="cpu", features: bool = True) -> dict[int, tuple]:
+def generate_blocks(
+    G, cfg, num: int, seed: int, rank: int = 0, world: int = 1, block: int = 500, device="cpu", features: bool = True
+) -> dict[int, tuple]:
     """{block index: (uint8 images, features, probs)} for this rank's blocks of the ``num`` samples.
 
     The noise for all ``num`` samples comes from one CPU generator seeded with ``seed``, so sample i is
@@ -42,7 +44,7 @@ def generate_blocks(G, cfg, num: int, seed: int, rank: int = 0, world: int = 1, 
     clf = load_classifier(device=str(device)) if features else None
     out = {}
     for b in range(rank, (num + block - 1) // block, world):
-        imgs = generate(G, z[b * block:(b + 1) * block], device, block)
+        imgs = generate(G, z[b * block : (b + 1) * block], device, block)
         f, p = features_and_probs(imgs, clf, batch_size=block, device=str(device)) if features else (None, None)
         out[b] = (imgs, f, p)
     return out
@@ -85,8 +87,17 @@ class InTrainingEval:
         from distgan.metrics import suite
 
         e = self.cfg.eval
-        blocks = generate_blocks(G, self.cfg, e.num, e.seed, self.rank, self.world, e.block, self.device,
-                                 features=bool(suite.FEATURE_METRICS & set(self.metrics)))
+        blocks = generate_blocks(
+            G,
+            self.cfg,
+            e.num,
+            e.seed,
+            self.rank,
+            self.world,
+            e.block,
+            self.device,
+            features=bool(suite.FEATURE_METRICS & set(self.metrics)),
+        )
         blocks = gather_blocks(blocks, self.world)
 
         def compute():
@@ -139,8 +150,10 @@ def _print_table(res: dict) -> None:
     for k, v in res.items():
         print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     if "parzen_ll" in res:
-        print(f"Parzen log-likelihood: {res['parzen_ll']:.1f} +- {res['parzen_se']:.1f} nats "
-              f"(sigma {res['parzen_sigma']:.4f})")
+        print(
+            f"Parzen log-likelihood: {res['parzen_ll']:.1f} +- {res['parzen_se']:.1f} nats "
+            f"(sigma {res['parzen_sigma']:.4f})"
+        )
 
 
 def main(argv=None) -> int:
@@ -148,7 +161,9 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m distgan.evaluate", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="run dir (its latest good checkpoint) or a checkpoint dir such as RUN/checkpoints/best")
+    src.add_argument(
+        "--checkpoint", help="run dir (its latest good checkpoint) or a checkpoint dir such as RUN/checkpoints/best"
+    )
     src.add_argument("--samples", help="an .npz written by distgan.sample (key 'images')")
     src.add_argument("--real", choices=["train", "valid", "test"], help="score the first --num real images of a split")
     p.add_argument("--metrics", default="fd,cs,modes,pr", help="comma list of metrics or 'all' (default %(default)s)")
@@ -157,7 +172,9 @@ def main(argv=None) -> int:
     p.add_argument("--weights", choices=["ema", "raw"], default="ema")
     p.add_argument("--block", type=int, default=500, help="samples per generation block (default %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: this rank's GPU if any, else cpu)")
-    p.add_argument("--data-root", default=None, help="MNIST root (default: $DISTGAN_DATA_DIR, else the run's data.root)")
+    p.add_argument(
+        "--data-root", default=None, help="MNIST root (default: $DISTGAN_DATA_DIR, else the run's data.root)"
+    )
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     try:
@@ -169,8 +186,8 @@ def main(argv=None) -> int:
         print(f"distgan: --num and --block must be positive (got {args.num}, {args.block})", file=sys.stderr)
         return 2
     from distgan.checkpoint import CheckpointError
-    from distgan.data import data_root
     from distgan.config import ConfigError
+    from distgan.data import data_root
     from distgan.data.mnist import DataError
     from distgan.metrics import suite
 
@@ -190,26 +207,45 @@ def main(argv=None) -> int:
             from distgan.sample import load_generator
 
             G, cfg, path = load_generator(args.checkpoint, args.weights, device)
-            blocks = gather_blocks(generate_blocks(G, cfg, args.num, args.seed, rank, world, args.block, device,
-                                                   features=bool(suite.FEATURE_METRICS & set(metrics))), world)
+            blocks = gather_blocks(
+                generate_blocks(
+                    G,
+                    cfg,
+                    args.num,
+                    args.seed,
+                    rank,
+                    world,
+                    args.block,
+                    device,
+                    features=bool(suite.FEATURE_METRICS & set(metrics)),
+                ),
+                world,
+            )
             images, feats, probs = assemble(blocks)
             manifest = json.loads((path / "manifest.json").read_text())  # verified by load_generator
-            source = {"checkpoint": str(path), "step": manifest["step"],
-                      "weights": args.weights, "seed": args.seed, "world_size": world}
+            source = {
+                "checkpoint": str(path),
+                "step": manifest["step"],
+                "weights": args.weights,
+                "seed": args.seed,
+                "world_size": world,
+            }
             root = data_root(args.data_root, manifest["config"].get("data", {}).get("root"))
         elif args.samples:
             try:
                 images = torch.from_numpy(np.load(args.samples)["images"])
             except (OSError, KeyError, ValueError) as e:
-                raise DataError(f"cannot read samples {args.samples}: {e}; pass an .npz written by distgan.sample") from None
-            images = images[:args.num]
+                raise DataError(
+                    f"cannot read samples {args.samples}: {e}; pass an .npz written by distgan.sample"
+                ) from None
+            images = images[: args.num]
             source = {"samples": args.samples}
             root = data_root(args.data_root)
         else:
             from distgan.data.mnist import load_split
 
             root = data_root(args.data_root)
-            images = load_split(root, args.real, download=False)[0][:args.num]
+            images = load_split(root, args.real, download=False)[0][: args.num]
             source = {"real": args.real}
         res = suite.compute(images, metrics, root, feats, probs) if rank == 0 else {}
     except (CheckpointError, ConfigError, DataError, FileNotFoundError, ValueError) as e:

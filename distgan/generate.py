@@ -41,7 +41,9 @@ def generate(G: nn.Module, z: torch.Tensor, device="cpu", batch_size: int = 500)
     was_training = G.training
     G.eval()
     try:
-        out = [to_uint8(G(z[i:i + batch_size].to(device)), G.data_range).cpu() for i in range(0, z.shape[0], batch_size)]
+        out = [
+            to_uint8(G(z[i : i + batch_size].to(device)), G.data_range).cpu() for i in range(0, z.shape[0], batch_size)
+        ]
     finally:
         G.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.uint8)

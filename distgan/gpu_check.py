@@ -68,17 +68,25 @@ def _timed(report: Report, title: str, fn) -> None:
 def environment(report: Report, gpu: bool) -> None:
     import torch
 
-    report.add(f"python {sys.version.split()[0]} | torch {torch.__version__} | CUDA {torch.version.cuda} | "
-               f"accelerate {_version('accelerate')} | safetensors {_version('safetensors')}")
+    report.add(
+        f"python {sys.version.split()[0]} | torch {torch.__version__} | CUDA {torch.version.cuda} | "
+        f"accelerate {_version('accelerate')} | safetensors {_version('safetensors')}"
+    )
     if gpu:
         p = torch.cuda.get_device_properties(0)
-        report.add(f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, {torch.cuda.device_count()} visible, capability "
-                   f"{p.major}.{p.minor} | native bf16: {torch.cuda.is_bf16_supported(including_emulation=False)} | "
-                   f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}")
+        report.add(
+            f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, {torch.cuda.device_count()} visible, capability "
+            f"{p.major}.{p.minor} | native bf16: {torch.cuda.is_bf16_supported(including_emulation=False)} | "
+            f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}"
+        )
     else:
-        report.add("no GPU (or --cpu): every section runs on the CPU at tiny sizes in fp32; figures are not GPU figures")
-    opt = {m: importlib.util.find_spec(m) is not None
-           for m in ("einops", "yaml", "numpy", "PIL", "torchvision", "wandb", "webdataset")}
+        report.add(
+            "no GPU (or --cpu): every section runs on the CPU at tiny sizes in fp32; figures are not GPU figures"
+        )
+    opt = {
+        m: importlib.util.find_spec(m) is not None
+        for m in ("einops", "yaml", "numpy", "PIL", "torchvision", "wandb", "webdataset")
+    }
     report.add("packages: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in opt.items()))
 
 
@@ -99,14 +107,18 @@ ROWS_GPU = {
         ("eager", "", ["runtime.precision=bf16"]),
         ("compiled", "", ["runtime.precision=bf16", "compile.enabled=true"]),
         ("eager", "", ["runtime.precision=fp16"]),
-        ("cudagraph", "", ["runtime.precision=bf16", "compile.enabled=true", "compile.mode=reduce-overhead"])],
+        ("cudagraph", "", ["runtime.precision=bf16", "compile.enabled=true", "compile.mode=reduce-overhead"]),
+    ],
     "configs/mnist_dcgan.yaml": [
         ("eager", "", ["runtime.precision=bf16"]),
         ("compiled", "", ["runtime.precision=bf16", "compile.enabled=true"]),
-        ("eager", "", ["runtime.precision=fp16"])],
+        ("eager", "", ["runtime.precision=fp16"]),
+    ],
 }
-TINY_CPU = {"configs/mnist_paper.yaml": ["model.width=32", "train.batch_size=16"],
-            "configs/mnist_dcgan.yaml": ["model.width=8", "train.batch_size=16"]}
+TINY_CPU = {
+    "configs/mnist_paper.yaml": ["model.width=32", "train.batch_size=16"],
+    "configs/mnist_dcgan.yaml": ["model.width=8", "train.batch_size=16"],
+}
 
 
 def bench_rows(report: Report, gpu: bool, quick: bool) -> None:
@@ -120,8 +132,11 @@ def bench_rows(report: Report, gpu: bool, quick: bool) -> None:
     for config, gpu_rows in ROWS_GPU.items():
         base = [] if gpu else TINY_CPU[config]
         todo = [("textbook", "eager", "", [])] if have_tv else []
-        todo += [("trainer", m, note, ov) for m, note, ov in gpu_rows] if gpu else [
-            ("trainer", "eager", "", ["runtime.precision=no"])]
+        todo += (
+            [("trainer", m, note, ov) for m, note, ov in gpu_rows]
+            if gpu
+            else [("trainer", "eager", "", ["runtime.precision=no"])]
+        )
         rows, med = [], {}
         for row, mode, note, ov in todo:
             cfg = load(REPO / config, [*base, *ov, "train.progress=false", "wandb.mode=disabled"])
@@ -134,8 +149,11 @@ def bench_rows(report: Report, gpu: bool, quick: bool) -> None:
             except Exception as e:  # noqa: BLE001 - e.g. CUDA graphs refused: the line says why
                 report.add(f"{config} {row} {mode} {' '.join(ov)}: FAILED {type(e).__name__}: {str(e)[:300]}")
                 continue
-            r.update(torch=torch.__version__, threads=torch.get_num_threads(),
-                     **({"gpu": torch.cuda.get_device_name()} if gpu else {}))
+            r.update(
+                torch=torch.__version__,
+                threads=torch.get_num_threads(),
+                **({"gpu": torch.cuda.get_device_name()} if gpu else {}),
+            )
             med[len(rows)] = r
             rows.append((row, mode, ov))
             if note:
@@ -148,21 +166,39 @@ def bench_rows(report: Report, gpu: bool, quick: bool) -> None:
 
 def _train(args: list[str], env: dict | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "distgan.train", *args, "train.progress=false", "wandb.mode=disabled"]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout
+    )
 
 
 def paper_run(report: Report, gpu: bool, work: Path, steps: int, box_s: float) -> None:
     run = work / "paper"
     if gpu:
         every = max(1, steps // 8)
-        ov = ["runtime.precision=bf16", "compile.enabled=true", f"train.max_steps={steps}", f"eval.every={every}",
-              "eval.metrics=parzen,fd", "eval.num=10000", "eval.best_metric=parzen_ll", f"train.ckpt_every={every}",
-              "train.sample_every=0"]
+        ov = [
+            "runtime.precision=bf16",
+            "compile.enabled=true",
+            f"train.max_steps={steps}",
+            f"eval.every={every}",
+            "eval.metrics=parzen,fd",
+            "eval.num=10000",
+            "eval.best_metric=parzen_ll",
+            f"train.ckpt_every={every}",
+            "train.sample_every=0",
+        ]
         config = "configs/mnist_paper.yaml"
     else:
-        ov = ["model.width=32", "train.max_steps=20", "eval.every=10", "eval.metrics=parzen,fd", "eval.num=200",
-              "eval.block=100", "eval.best_metric=parzen_ll", "train.ckpt_every=10", "train.log_every=10"]
+        ov = [
+            "model.width=32",
+            "train.max_steps=20",
+            "eval.every=10",
+            "eval.metrics=parzen,fd",
+            "eval.num=200",
+            "eval.block=100",
+            "eval.best_metric=parzen_ll",
+            "train.ckpt_every=10",
+            "train.log_every=10",
+        ]
         config = "configs/debug.yaml"
     t0 = time.time()
     try:
@@ -171,27 +207,53 @@ def paper_run(report: Report, gpu: bool, work: Path, steps: int, box_s: float) -
     except subprocess.TimeoutExpired:
         code, err = "timeout", f"stopped after its time box of {box_s:.0f} s"
     wall = time.time() - t0
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
+    rows = (
+        [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        if (run / "metrics.jsonl").exists()
+        else []
+    )
     evals = [r for r in rows if "eval/parzen_ll" in r]
     report.add(f"{config} {' '.join(ov)}: exit {code}, {wall:.0f} s wall (start-up and compile included)")
     if code not in (0, "timeout"):
         report.add(err[-2000:])
     report.add(f"{'step':>7}{'time s':>9}{'Parzen (valid)':>16}{'FD (valid)':>12}")
     for r in evals:
-        report.add(f"{r['step']:>7}{r['time']:>9.0f}{r['eval/parzen_ll']:>16.1f}{r.get('eval/fd', float('nan')):>12.2f}")
+        report.add(
+            f"{r['step']:>7}{r['time']:>9.0f}{r['eval/parzen_ll']:>16.1f}{r.get('eval/fd', float('nan')):>12.2f}"
+        )
     hit = next((r for r in evals if r["eval/parzen_ll"] >= 225.0), None)
-    report.add("time to the paper's 225 nats on the validation split: "
-               + (f"{hit['time']:.0f} s of training, step {hit['step']}" if hit else "not reached in this run"))
+    report.add(
+        "time to the paper's 225 nats on the validation split: "
+        + (f"{hit['time']:.0f} s of training, step {hit['step']}" if hit else "not reached in this run")
+    )
     best = run / "checkpoints" / "best"
     if best.exists():
         out = work / "paper_test.json"
         n = "10000" if gpu else "200"
-        e = subprocess.run([sys.executable, "-m", "distgan.evaluate", "--checkpoint", str(best), "--metrics", "parzen,fd",
-                            "--num", n, "--json", str(out)], cwd=REPO, capture_output=True, text=True)
+        e = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "distgan.evaluate",
+                "--checkpoint",
+                str(best),
+                "--metrics",
+                "parzen,fd",
+                "--num",
+                n,
+                "--json",
+                str(out),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         if e.returncode == 0:
             res = json.loads(out.read_text())
-            report.add(f"best checkpoint (step {res['step']}) on the test set, {n} samples: Parzen {res['parzen_ll']:.1f} "
-                       f"+- {res['parzen_se']:.1f} nats, FD {res['fd']:.2f} (the paper: 225 +- 2)")
+            report.add(
+                f"best checkpoint (step {res['step']}) on the test set, {n} samples: Parzen {res['parzen_ll']:.1f} "
+                f"+- {res['parzen_se']:.1f} nats, FD {res['fd']:.2f} (the paper: 225 +- 2)"
+            )
         else:
             report.add(f"evaluate failed: {e.stderr[-1000:]}")
 
@@ -201,17 +263,32 @@ def resume_check(report: Report, gpu: bool, work: Path) -> None:
     from safetensors.torch import load_file
 
     n = 300 if gpu else 8
-    base = [f"train.ckpt_every={n // 2}", "loss.r1_every=4", "eval.every=0", "train.sample_every=0",
-            f"train.log_every={n // 4}"]
+    base = [
+        f"train.ckpt_every={n // 2}",
+        "loss.r1_every=4",
+        "eval.every=0",
+        "train.sample_every=0",
+        f"train.log_every={n // 4}",
+    ]
     base += ["runtime.precision=fp16"] if gpu else ["model.width=8", "train.batch_size=16"]
     t0 = time.time()
     from distgan.train import main as train_main
 
     for name, legs in (("straight", [n]), ("resumed", [n // 2, n])):
         for i, steps in enumerate(legs):  # in this process: each leg is a full start (set-up, resume, checkpoint)
-            code = train_main(["--config", str(REPO / "configs/mnist_dcgan.yaml"), "--run-dir", str(work / name), *base,
-                               f"train.max_steps={steps}", "train.progress=false", "wandb.mode=disabled",
-                               *(["train.resume=auto"] if i else [])])
+            code = train_main(
+                [
+                    "--config",
+                    str(REPO / "configs/mnist_dcgan.yaml"),
+                    "--run-dir",
+                    str(work / name),
+                    *base,
+                    f"train.max_steps={steps}",
+                    "train.progress=false",
+                    "wandb.mode=disabled",
+                    *(["train.resume=auto"] if i else []),
+                ]
+            )
             if code != 0:
                 raise RuntimeError(f"{name} leg {i} exited {code} (its message is above)")
     last = f"step-{n:09d}"
@@ -225,17 +302,43 @@ def resume_check(report: Report, gpu: bool, work: Path) -> None:
                 differing += 1
                 worst = max(worst, (a[k].double() - b[k].double()).abs().max().item())
     prec = "fp16 + R1" if gpu else "fp32 + R1 (tiny, CPU)"
-    report.add(f"mnist_dcgan {prec}: {n} steps straight vs {n // 2} + resume to {n} ({time.time() - t0:.0f} s): "
-               + ("bitwise identical" if not differing else
-                  f"{differing} of {total} tensors differ, largest difference {worst:.3g}"))
+    report.add(
+        f"mnist_dcgan {prec}: {n} steps straight vs {n // 2} + resume to {n} ({time.time() - t0:.0f} s): "
+        + (
+            "bitwise identical"
+            if not differing
+            else f"{differing} of {total} tensors differ, largest difference {worst:.3g}"
+        )
+    )
 
 
 def two_processes(report: Report, gpu: bool, work: Path) -> None:
     """Two ranks on this one GPU over NCCL (NCCL refuses two ranks on one device: the reason is recorded)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-           "-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(work / "two"),
-           "train.max_steps=20", "eval.every=0", "train.progress=false", "wandb.mode=disabled", "model.width=64"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--multi_gpu",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+        "-m",
+        "distgan.train",
+        "--config",
+        "configs/debug.yaml",
+        "--run-dir",
+        str(work / "two"),
+        "train.max_steps=20",
+        "eval.every=0",
+        "train.progress=false",
+        "wandb.mode=disabled",
+        "model.width=64",
+    ]
     env = dict(os.environ)
     if gpu:
         env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
@@ -246,8 +349,10 @@ def two_processes(report: Report, gpu: bool, work: Path) -> None:
         line = next((x for x in p.stdout.splitlines() if "world size" in x), "")
         report.add(f"2 processes on one {'GPU' if gpu else 'CPU (gloo)'}: ran 20 steps | {line.strip()[:200]}")
     else:
-        why = next((x for x in p.stderr.splitlines() if "Duplicate GPU" in x or "invalid device" in x.lower()
-                    or "Error" in x), p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "")
+        why = next(
+            (x for x in p.stderr.splitlines() if "Duplicate GPU" in x or "invalid device" in x.lower() or "Error" in x),
+            p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "",
+        )
         report.add(f"2 processes on one {'GPU' if gpu else 'CPU'}: not run (exit {p.returncode}): {why.strip()[:400]}")
 
 
@@ -255,14 +360,22 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m distgan.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/gpu_check.txt", help="also write the report here (default %(default)s)")
     p.add_argument("--cpu", action="store_true", help="run the CPU version even if a GPU is present")
-    p.add_argument("--paper-steps", type=int, default=40_000, help="GPU: steps of the mnist_paper run (default %(default)s)")
+    p.add_argument(
+        "--paper-steps", type=int, default=40_000, help="GPU: steps of the mnist_paper run (default %(default)s)"
+    )
     p.add_argument("--quick", action="store_true", help="GPU: 3 bench steps per row (a smoke test of the script)")
     args = p.parse_args(argv)
-    missing = [m for m in ("torch", "accelerate", "safetensors", "einops", "yaml", "numpy")
-               if importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m in ("torch", "accelerate", "safetensors", "einops", "yaml", "numpy")
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
-        print(f"distgan.gpu_check: missing {missing}; install them, or put pure-Python ones (einops) on PYTHONPATH: "
-              f"pip install --no-deps --target .gpu_deps einops (launch/gpu_check.sh adds .gpu_deps)", file=sys.stderr)
+        print(
+            f"distgan.gpu_check: missing {missing}; install them, or put pure-Python ones (einops) on PYTHONPATH: "
+            f"pip install --no-deps --target .gpu_deps einops (launch/gpu_check.sh adds .gpu_deps)",
+            file=sys.stderr,
+        )
         return 2
     import torch
 
@@ -274,13 +387,23 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="distgan-gpu-check-") as tmp:
         work = Path(tmp)
         _timed(report, "1. environment", lambda r: environment(r, gpu))
-        _timed(report, "2. bench: textbook loop vs trainer, per precision and compile mode",
-               lambda r: bench_rows(r, gpu, args.quick))
-        _timed(report, "3. mnist_paper in bf16 + compile: time to the paper's 225 nats" if gpu else
-               "3. debug config, 20 steps, Parzen and FD (CPU stand-in for the mnist_paper run)",
-               lambda r: paper_run(r, gpu, work, args.paper_steps, box_s=240.0 if gpu else 120.0))
-        _timed(report, "4. mnist_dcgan fp16 + R1: exact resume" if gpu else "4. mnist_dcgan (tiny) + R1: exact resume",
-               lambda r: resume_check(r, gpu, work))
+        _timed(
+            report,
+            "2. bench: textbook loop vs trainer, per precision and compile mode",
+            lambda r: bench_rows(r, gpu, args.quick),
+        )
+        _timed(
+            report,
+            "3. mnist_paper in bf16 + compile: time to the paper's 225 nats"
+            if gpu
+            else "3. debug config, 20 steps, Parzen and FD (CPU stand-in for the mnist_paper run)",
+            lambda r: paper_run(r, gpu, work, args.paper_steps, box_s=240.0 if gpu else 120.0),
+        )
+        _timed(
+            report,
+            "4. mnist_dcgan fp16 + R1: exact resume" if gpu else "4. mnist_dcgan (tiny) + R1: exact resume",
+            lambda r: resume_check(r, gpu, work),
+        )
         _timed(report, "5. two processes on one device", lambda r: two_processes(r, gpu, work))
     report.add("")
     report.add(f"total {time.time() - t0:.0f} s")

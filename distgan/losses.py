@@ -11,7 +11,8 @@ log(1 - sigmoid(t)) = -softplus(t).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F

@@ -97,8 +97,10 @@ class Guard:
         if streak >= max_skip_streak:
             return f"{int(streak)} consecutive steps with skipped updates (train.max_skip_streak={max_skip_streak})"
         if ov_streak >= MAX_OVERFLOW_STREAK:
-            return (f"the fp16 loss scale backed off {int(ov_streak)} times in a row: the gradients are non-finite "
-                    f"at every scale")
+            return (
+                f"the fp16 loss scale backed off {int(ov_streak)} times in a row: the gradients are non-finite "
+                f"at every scale"
+            )
         return None
 
 
@@ -173,7 +175,9 @@ class GANStep:
                     real_l, fake_l = logits.chunk(2)
                     loss = self.loss.d(real_l, fake_l)
                 self._backward(loss * self.weights[i], D.scaler)
-            s = torch.stack([loss.detach(), torch.sigmoid(real_l.detach()).mean(), torch.sigmoid(fake_l.detach()).mean()])
+            s = torch.stack(
+                [loss.detach(), torch.sigmoid(real_l.detach()).mean(), torch.sigmoid(fake_l.detach()).mean()]
+            )
             stats = _accumulate(stats, s if n == 1 else s * (x.shape[0] / total))
             bad = self._loss_check(bad, loss, D.scaler)
         self._update(D, 0, bad, scaled=True)

@@ -47,14 +47,19 @@ def make_report(run_dir: Path, out: Path, max_grids: int = 6) -> Path:
 
     mpath = run_dir / "metrics.jsonl"
     if not mpath.is_file():
-        raise FileNotFoundError(f"{mpath} not found: is {run_dir} a distgan run dir (python -m distgan.train --run-dir ...)?")
+        raise FileNotFoundError(
+            f"{mpath} not found: is {run_dir} a distgan run dir (python -m distgan.train --run-dir ...)?"
+        )
     rows = read_metrics(mpath)
     if not rows:
         raise ValueError(f"{mpath} holds no records yet; wait for the first log tick (train.log_every)")
     from distgan.metrics.suite import FIGURES
 
-    evals = [(f"eval/{k}", FIGURES[k].title + (" / recall" if k == "precision" else ""), FIGURES[k].lower_is_better)
-             for k in PANELS if any(f"eval/{k}" in r for r in rows)]
+    evals = [
+        (f"eval/{k}", FIGURES[k].title + (" / recall" if k == "precision" else ""), FIGURES[k].lower_is_better)
+        for k in PANELS
+        if any(f"eval/{k}" in r for r in rows)
+    ]
     grids = sorted((run_dir / "samples").glob("step-*.png"))
     if len(grids) > max_grids:  # evenly spaced, always keeping the first and the last
         idx = sorted({round(i * (len(grids) - 1) / (max_grids - 1)) for i in range(max_grids)})
@@ -68,17 +73,22 @@ def make_report(run_dir: Path, out: Path, max_grids: int = 6) -> Path:
 
     def axis(i):
         r, c = divmod(i, cols)
-        return fig.add_subplot(gs[r, c * span:(c + 1) * span])
+        return fig.add_subplot(gs[r, c * span : (c + 1) * span])
 
     ax = axis(0)
     for k in ("loss/D", "loss/G"):
         ax.plot(*series(rows, k), label=k)
-    ax.set_title("losses"); ax.set_xlabel("step"); ax.legend()
+    ax.set_title("losses")
+    ax.set_xlabel("step")
+    ax.legend()
     ax = axis(1)
     for k in ("D(x)", "D(G(z))"):
         ax.plot(*series(rows, k), label=k)
     ax.axhline(0.5, color="grey", lw=0.5, ls="--")
-    ax.set_ylim(0, 1); ax.set_title("discriminator outputs"); ax.set_xlabel("step"); ax.legend()
+    ax.set_ylim(0, 1)
+    ax.set_title("discriminator outputs")
+    ax.set_xlabel("step")
+    ax.legend()
     for i, (k, title, log) in enumerate(evals):
         ax = axis(2 + i)
         steps, vals = series(rows, k)
@@ -91,11 +101,13 @@ def make_report(run_dir: Path, out: Path, max_grids: int = 6) -> Path:
         if vals:
             best = min(range(len(vals)), key=lambda j: vals[j]) if log else max(range(len(vals)), key=lambda j: vals[j])
             ax.annotate(f"{vals[best]:.3g} @ {steps[best]}", (steps[best], vals[best]), fontsize=8)
-        ax.set_title(title); ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.set_xlabel("step")
     for j, g in enumerate(grids):
         ax = fig.add_subplot(gs[plot_rows, j])
         ax.imshow(Image.open(g), cmap="gray")
-        ax.set_title(g.stem, fontsize=8); ax.axis("off")
+        ax.set_title(g.stem, fontsize=8)
+        ax.axis("off")
     fig.suptitle(f"{run_dir.name}: {rows[-1]['step']} steps", fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

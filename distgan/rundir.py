@@ -21,25 +21,29 @@ from pathlib import Path
 from distgan import checkpoint as ckpt_lib
 from distgan.atomic import atomic_write_text
 from distgan.config import IDENTITY_KEYS, Config
-
-
 from distgan.errors import RunDirError  # noqa: E402
 
 
 def check_usable(run_dir: Path) -> None:
     """Fail before anything is built when ``run_dir`` is a file or its nearest existing parent cannot be written."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--run-dir {run_dir} is a file, not a directory; choose a directory path (it is created "
-                          f"if missing). Nothing was changed.")
+        raise RunDirError(
+            f"--run-dir {run_dir} is a file, not a directory; choose a directory path (it is created "
+            f"if missing). Nothing was changed."
+        )
     anc = run_dir
     while not anc.exists():
         anc = anc.parent
     if not anc.is_dir():
-        raise RunDirError(f"--run-dir {run_dir}: {anc} is a file, so the directory cannot be created; choose "
-                          f"another path. Nothing was changed.")
+        raise RunDirError(
+            f"--run-dir {run_dir}: {anc} is a file, so the directory cannot be created; choose "
+            f"another path. Nothing was changed."
+        )
     if not os.access(anc, os.W_OK | os.X_OK):
-        raise RunDirError(f"--run-dir {run_dir}: {anc} cannot be written (permission denied or a read-only "
-                          f"file system); choose a writable path. Nothing was changed.")
+        raise RunDirError(
+            f"--run-dir {run_dir}: {anc} cannot be written (permission denied or a read-only "
+            f"file system); choose a writable path. Nothing was changed."
+        )
 
 
 def _flat(cfg: dict) -> dict[str, object]:
@@ -73,21 +77,48 @@ def run_metadata() -> dict:
 
     src = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     versions = {}
-    for pkg in ("distgan", "torch", "torchvision", "accelerate", "safetensors", "wandb", "webdataset", "einops",
-                "numpy", "PyYAML"):
+    for pkg in (
+        "distgan",
+        "torch",
+        "torchvision",
+        "accelerate",
+        "safetensors",
+        "wandb",
+        "webdataset",
+        "einops",
+        "numpy",
+        "PyYAML",
+    ):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             versions[pkg] = None
-    return {"git_commit": commit, "git_dirty": dirty, "versions": versions, "python": sys.version.split()[0],
-            "host": platform.node(), "argv": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "host": platform.node(),
+        "argv": sys.argv,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 class RunDir:
@@ -110,14 +141,16 @@ class RunDir:
                 name = existing[0].name if existing else "latest"
                 raise RunDirError(
                     f"run dir {self.path} already holds a run (checkpoint {name}); continue it with "
-                    f"train.resume=auto or choose a new --run-dir. Nothing was changed.")
+                    f"train.resume=auto or choose a new --run-dir. Nothing was changed."
+                )
             return None, {}
         if resume == "auto":
             found = ckpt_lib.find_latest_good(self.ckpt_root, warn=warn)
             if found is None and existing:
                 raise ckpt_lib.CheckpointError(
                     f"every checkpoint under {self.ckpt_root} failed verification; refusing to start over "
-                    f"in a run dir that holds a run. Move it away or choose a new --run-dir.")
+                    f"in a run dir that holds a run. Move it away or choose a new --run-dir."
+                )
         else:
             found = ckpt_lib.resolve(resume, warn=warn)
         if found is None:
@@ -128,8 +161,9 @@ class RunDir:
     def _check_identity(self, ckpt: Path, manifest: dict) -> dict[str, tuple]:
         saved = manifest.get("config")
         if not isinstance(saved, dict):
-            raise ckpt_lib.CheckpointError(f"{ckpt / 'manifest.json'} holds no config; it was not written by "
-                                           f"distgan.train and cannot be resumed")
+            raise ckpt_lib.CheckpointError(
+                f"{ckpt / 'manifest.json'} holds no config; it was not written by distgan.train and cannot be resumed"
+            )
         changes = identity_changes(saved, self.cfg.to_dict())
         allowed = {k.strip() for k in self.cfg.train.allow_changed.split(",") if k.strip()}
         refused = {k: v for k, v in changes.items() if k not in allowed and f"{k.split('.')[0]}.*" not in allowed}
@@ -138,7 +172,8 @@ class RunDir:
             raise RunDirError(
                 f"resuming {ckpt} with a config that changes what is trained: {listed}. Resume with the "
                 f"checkpoint's values, or continue on purpose with train.allow_changed={','.join(refused)} "
-                f"(the change is recorded in {self.path / 'runs.jsonl'}). Nothing was changed.")
+                f"(the change is recorded in {self.path / 'runs.jsonl'}). Nothing was changed."
+            )
         return changes
 
     # ---------------------------------------------------------------------------------- writers (rank 0)
@@ -150,18 +185,28 @@ class RunDir:
             with open(self.path / "runs.jsonl", "a") as f:  # one line per start, so resumes stay visible
                 f.write(json.dumps({**run_metadata(), **meta}) + "\n")
         except OSError as e:
-            raise RunDirError(f"--run-dir {self.path} cannot be written ({e.strerror or e}); choose a writable "
-                              f"path") from None
+            raise RunDirError(
+                f"--run-dir {self.path} cannot be written ({e.strerror or e}); choose a writable path"
+            ) from None
 
     def write_status(self, state: str, step: int, exit_code: int | None = None) -> None:
         """RUN/status.json: what the run is doing or how it ended; read by slurm/run.sh and users."""
-        atomic_write_text(self.path / "status.json", json.dumps(
-            {"state": state, "step": step, "exit_code": exit_code, "pid": os.getpid(),
-             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        atomic_write_text(
+            self.path / "status.json",
+            json.dumps(
+                {
+                    "state": state,
+                    "step": step,
+                    "exit_code": exit_code,
+                    "pid": os.getpid(),
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+            )
+            + "\n",
+        )
 
     def read_status(self) -> dict | None:
         try:
             return json.loads((self.path / "status.json").read_text())
         except (OSError, ValueError):
             return None
-

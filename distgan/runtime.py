@@ -28,13 +28,17 @@ def build_accelerator(cfg: Config):
     if launcher_mp not in ("", "no"):
         raise ConfigError(
             f"the accelerate launcher asks for mixed_precision={launcher_mp!r}; distgan owns precision: set "
-            f"mixed_precision: 'no' in the accelerate config and choose runtime.precision=auto|no|bf16|fp16")
+            f"mixed_precision: 'no' in the accelerate config and choose runtime.precision=auto|no|bf16|fp16"
+        )
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     # accelerate's multi-process launcher does not pass `use_cpu` on to the workers; without cpu=True a
     # CPU-only machine would start processes that never join one group (DistributedType.NO).
-    cpu = (cfg.runtime.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-           or not torch.cuda.is_available())
+    cpu = (
+        cfg.runtime.cpu
+        or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        or not torch.cuda.is_available()
+    )
     acc = Accelerator(
         cpu=cpu,
         mixed_precision="no",
@@ -65,7 +69,8 @@ def check_world_size(actual: int, expected_cfg: int = 0, env=None) -> None:
     if launched and launched != actual:
         raise LaunchError(
             f"the launcher started WORLD_SIZE={launched} processes but they joined a group of {actual}; on CPU use "
-            f"`accelerate launch --config_file launch/cpu_debug.yaml` or set ACCELERATE_USE_CPU=1 with torchrun")
+            f"`accelerate launch --config_file launch/cpu_debug.yaml` or set ACCELERATE_USE_CPU=1 with torchrun"
+        )
     if expected_cfg and expected_cfg != actual:
         raise LaunchError(f"runtime.expected_world_size={expected_cfg} but the process group has {actual} processes")
 
@@ -83,8 +88,10 @@ def resolve_precision(precision: str, device: torch.device, allow_cpu_fp16: bool
             return "bf16", f"auto: {name} has native bf16"
         return "no", f"auto: {name} has no native bf16 (fp16 with loss scaling: runtime.precision=fp16), fp32"
     if precision == "fp16" and device.type != "cuda" and not allow_cpu_fp16:
-        raise ConfigError("runtime.precision=fp16 needs a CUDA GPU (loss scaling); on the CPU use 'no' or 'bf16' "
-                          "(runtime.allow_cpu_fp16=true is for tests: CPU float16 is slow)")
+        raise ConfigError(
+            "runtime.precision=fp16 needs a CUDA GPU (loss scaling); on the CPU use 'no' or 'bf16' "
+            "(runtime.allow_cpu_fp16=true is for tests: CPU float16 is slow)"
+        )
     return precision, "runtime.precision"
 
 
@@ -95,7 +102,7 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_scaler(precision: str, device: torch.device, init_scale: float = 2.0 ** 16):
+def make_scaler(precision: str, device: torch.device, init_scale: float = 2.0**16):
     """One GradScaler per network for fp16, so D's overflow never skips G's step; None otherwise."""
     if precision != "fp16":
         return None
@@ -106,8 +113,9 @@ def seed_step(device: torch.device, seed: int) -> None:
     """Seed the generator that noise and dropout of a step draw from: this device's only. (torch.manual_seed
     would also seed every other visible GPU, and initialise their generators, at every step.)"""
     if device.type == "cuda":
-        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()
-                                      ].manual_seed(seed)
+        torch.cuda.default_generators[
+            device.index if device.index is not None else torch.cuda.current_device()
+        ].manual_seed(seed)
     else:
         torch.default_generator.manual_seed(seed)
 
@@ -250,7 +258,7 @@ def param_checksums(modules: dict[str, nn.Module], device) -> tuple[list[str], t
     for t in tensors.values():
         t = t.detach().contiguous().reshape(-1)  # 1-d, so 0-d buffers (num_batches_tracked) can be viewed too
         bits = t.view(torch.int32) if t.element_size() == 4 else t.view(torch.uint8).to(torch.int32)
-        sums.append((bits.to(torch.int64) * w[:bits.numel()].to(bits.device)).sum())  # (integer dot: not on CUDA)
+        sums.append((bits.to(torch.int64) * w[: bits.numel()].to(bits.device)).sum())  # (integer dot: not on CUDA)
     return list(tensors), torch.stack(sums).to(device)
 
 
@@ -268,7 +276,8 @@ def check_replicas(acc, modules: dict[str, nn.Module], step: int) -> None:
         raise ReplicaMismatch(
             f"replicas diverged at step {step}: tensor {names[bad[0]]!r} differs between rank 0 and "
             f"rank(s) {ranks} ({len(bad)} tensors in all); this is a bug in synchronisation, not your data. "
-            f"The last good checkpoint is kept; please report it with RUN/runs.jsonl")
+            f"The last good checkpoint is kept; please report it with RUN/runs.jsonl"
+        )
 
 
 # ------------------------------------------------------------------------------------ RNG capture
@@ -276,9 +285,13 @@ def rng_state() -> dict:
     """This process's RNG states as tensors and lists (loadable with weights_only=True)."""
     st = np.random.get_state()
     py = random.getstate()
-    return {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
-            "numpy": torch.from_numpy(st[1].astype(np.int64)), "numpy_pos": int(st[2]),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0, dtype=torch.uint8)}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": torch.from_numpy(st[1].astype(np.int64)),
+        "numpy_pos": int(st[2]),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0, dtype=torch.uint8),
+    }
 
 
 def set_rng_state(r: dict) -> None:

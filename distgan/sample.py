@@ -33,8 +33,12 @@ def load_generator(checkpoint: str | os.PathLike, weights: str = "ema", device="
     # Only the model section and the image shape decide the generator; other sections may come from
     # another version, and the data need not be present where the samples are drawn.
     data = manifest["config"].get("data", {})
-    cfg = build({"model": manifest["config"]["model"],
-                 "data": {k: data[k] for k in ("dataset", "urls", "image_size", "channels") if k in data}})
+    cfg = build(
+        {
+            "model": manifest["config"]["model"],
+            "data": {k: data[k] for k in ("dataset", "urls", "image_size", "channels") if k in data},
+        }
+    )
     G, _ = build_networks(cfg)
     name = {"ema": "G_ema.safetensors", "raw": "G.safetensors"}[weights]
     if weights == "ema" and not (path / name).exists():
@@ -108,11 +112,20 @@ def write_output(images: torch.Tensor, out: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m distgan.sample", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run dir or checkpoint directory")
-    p.add_argument("--num", type=int, default=None,
-                   help="number of images (default 64), or of parallel walks with --interpolate (default 16)")
+    p.add_argument(
+        "--num",
+        type=int,
+        default=None,
+        help="number of images (default 64), or of parallel walks with --interpolate (default 16)",
+    )
     p.add_argument("--out", required=True, help="output .npz (key 'images', uint8 [N,C,H,W]), .png grid, or .gif walk")
-    p.add_argument("--interpolate", type=int, default=0, metavar="K",
-                   help="write latent-space walks through K random points (needs --out *.gif)")
+    p.add_argument(
+        "--interpolate",
+        type=int,
+        default=0,
+        metavar="K",
+        help="write latent-space walks through K random points (needs --out *.gif)",
+    )
     p.add_argument("--frames", type=int, default=12, help="frames between two points of a walk (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=["ema", "raw"], default="ema", help="EMA generator (default) or trained G")
@@ -121,8 +134,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if args.interpolate:
         if out.suffix != ".gif" or args.interpolate < 2 or args.frames < 1:
-            print(f"distgan: --interpolate K needs K >= 2, --frames >= 1 and --out ending in .gif (got K="
-                  f"{args.interpolate}, --frames {args.frames}, --out {out})", file=sys.stderr)
+            print(
+                f"distgan: --interpolate K needs K >= 2, --frames >= 1 and --out ending in .gif (got K="
+                f"{args.interpolate}, --frames {args.frames}, --out {out})",
+                file=sys.stderr,
+            )
             return 2
     elif out.suffix not in (".npz", ".png"):
         print(f"distgan: --out {out} must end in .npz or .png (or .gif with --interpolate K)", file=sys.stderr)
@@ -142,8 +158,10 @@ def main(argv=None) -> int:
     if args.interpolate:
         frames = latent_walk(G, cfg, args.num, args.interpolate, args.frames, args.seed, args.device)
         write_gif(frames, out)
-        print(f"[distgan] wrote {out}: {args.num} walks through {args.interpolate} points, {frames.shape[0]} frames, "
-              f"from {path} ({args.weights} weights, seed {args.seed})")
+        print(
+            f"[distgan] wrote {out}: {args.num} walks through {args.interpolate} points, {frames.shape[0]} frames, "
+            f"from {path} ({args.weights} weights, seed {args.seed})"
+        )
         return 0
     images = generate_seeded(G, cfg, args.num, args.seed, device=args.device)
     write_output(images, out)

@@ -18,7 +18,7 @@ import re
 import shlex
 import subprocess
 import sys
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 
 def _scontrol_hostnames(nodelist: str) -> list[str]:
@@ -39,19 +39,28 @@ def _count_gpus(env: Mapping[str, str]) -> int:
     return 0
 
 
-def launch_plan(env: Mapping[str, str] = os.environ,
-                hostnames: Callable[[str], list[str]] = _scontrol_hostnames) -> dict[str, str | int]:
+def launch_plan(
+    env: Mapping[str, str] = os.environ, hostnames: Callable[[str], list[str]] = _scontrol_hostnames
+) -> dict[str, str | int]:
     missing = [k for k in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST") if not env.get(k)]
     if missing:
-        raise RuntimeError(f"not inside a SLURM job ({', '.join(missing)} unset): submit with sbatch slurm/train.sbatch")
+        raise RuntimeError(
+            f"not inside a SLURM job ({', '.join(missing)} unset): submit with sbatch slurm/train.sbatch"
+        )
     nnodes = int(env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES") or 1)
     node_rank = int(env.get("SLURM_NODEID") or 0)
     gpus = _count_gpus(env)
     use_cpu = gpus == 0
     nproc = int(env.get("DISTGAN_NPROC") or 2) if use_cpu else gpus
-    return {"NNODES": nnodes, "NODE_RANK": node_rank, "MAIN_ADDR": hostnames(env["SLURM_JOB_NODELIST"])[0],
-            "MAIN_PORT": 20000 + int(env["SLURM_JOB_ID"]) % 20000, "NPROC_PER_NODE": nproc,
-            "NUM_PROCESSES": nnodes * nproc, "USE_CPU": int(use_cpu)}
+    return {
+        "NNODES": nnodes,
+        "NODE_RANK": node_rank,
+        "MAIN_ADDR": hostnames(env["SLURM_JOB_NODELIST"])[0],
+        "MAIN_PORT": 20000 + int(env["SLURM_JOB_ID"]) % 20000,
+        "NPROC_PER_NODE": nproc,
+        "NUM_PROCESSES": nnodes * nproc,
+        "USE_CPU": int(use_cpu),
+    }
 
 
 def main() -> int:

@@ -50,11 +50,20 @@ class NullTracker:
 
     active = False
 
-    def log(self, step, metrics): pass
-    def advance(self, n=1): pass
-    def grid(self, step, images): pass
-    def write(self, line): pass
-    def close(self): pass
+    def log(self, step, metrics):
+        pass
+
+    def advance(self, n=1):
+        pass
+
+    def grid(self, step, images):
+        pass
+
+    def write(self, line):
+        pass
+
+    def close(self):
+        pass
 
 
 class Tracker(NullTracker):
@@ -82,9 +91,16 @@ class Tracker(NullTracker):
             id_file = run_dir / "wandb_id.txt"
             run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
             id_file.write_text(run_id + "\n")
-            self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity or None,
-                                    name=cfg.wandb.name or run_dir.name, id=run_id, resume="allow",
-                                    dir=str(run_dir), mode=mode, config=cfg.to_dict())
+            self.wandb = wandb.init(
+                project=cfg.wandb.project,
+                entity=cfg.wandb.entity or None,
+                name=cfg.wandb.name or run_dir.name,
+                id=run_id,
+                resume="allow",
+                dir=str(run_dir),
+                mode=mode,
+                config=cfg.to_dict(),
+            )
         self.t0 = time.time()
 
     def log(self, step: int, metrics: dict) -> None:
@@ -99,8 +115,10 @@ class Tracker(NullTracker):
         elif self.lines and "loss/D" in metrics:
             figures = " | ".join(f"{v} {metrics[k]:.4g}" for k, v in short.items() if k in metrics)
             skipped = sum(metrics.get(k, 0) for k in ("skipped/D", "skipped/G"))
-            print(f"[distgan] step {step}/{self.total} | {figures}" + (f" | skipped {skipped:g}" if skipped else ""),
-                  flush=True)
+            print(
+                f"[distgan] step {step}/{self.total} | {figures}" + (f" | skipped {skipped:g}" if skipped else ""),
+                flush=True,
+            )
 
     def write(self, line: str) -> None:
         """A console line that does not break the progress bar."""

@@ -20,16 +20,28 @@ import os
 import sys
 from pathlib import Path
 
-from distgan.errors import (EXIT_BAD_INPUT, EXIT_OK, BadInput, DataError, Diverged, ReplicaMismatch, StopRequested,
-                            exit_code)
+from distgan.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    BadInput,
+    DataError,
+    Diverged,
+    ReplicaMismatch,
+    StopRequested,
+    exit_code,
+)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m distgan.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m distgan.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", default="configs/mnist_paper.yaml", help="YAML run config (default: %(default)s)")
     p.add_argument("--run-dir", default=None, help="output directory (default: runs/<config name>)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--help-config", action="store_true", help="print every config key (docs/config.md) and exit")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     return p.parse_args(argv)
 
@@ -45,8 +57,11 @@ def main(argv=None, *, trainer_cls=None, callbacks=()) -> int:
     """Parse, build, train; return the exit code. ``trainer_cls`` (a Trainer subclass overriding the
     documented data hooks) and ``callbacks`` (``distgan.callbacks.Callback``) are for embedding and tests."""
     args = parse_args(argv)
-    from distgan.config import load
+    from distgan.config import load, reference
 
+    if args.help_config:
+        print(reference())
+        return EXIT_OK
     try:
         cfg = load(args.config, args.overrides)
     except BadInput as e:
@@ -80,6 +95,7 @@ def main(argv=None, *, trainer_cls=None, callbacks=()) -> int:
     trainer.acc.wait_for_everyone()  # nobody leaves before the final status and checkpoint are written
     trainer.acc.end_training()
     return code
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -37,9 +37,23 @@ from distgan.losses import LOSSES
 from distgan.networks import build_networks
 from distgan.phases import GANStep, Guard, Net
 from distgan.rundir import RunDir, check_usable
-from distgan.runtime import (RankZero, StopSignals, all_reduce_sum_, backend, broadcast_, build_accelerator,
-                             check_replicas, gather_objects, make_scaler, maybe_compile, resolve_precision,
-                             rng_state, seed_step, set_rng_state, step_seed)
+from distgan.runtime import (
+    RankZero,
+    StopSignals,
+    all_reduce_sum_,
+    backend,
+    broadcast_,
+    build_accelerator,
+    check_replicas,
+    gather_objects,
+    make_scaler,
+    maybe_compile,
+    resolve_precision,
+    rng_state,
+    seed_step,
+    set_rng_state,
+    step_seed,
+)
 from distgan.torch_private import fused_optimizer_devices, is_batchnorm
 
 
@@ -73,8 +87,9 @@ class Trainer:
         # the global batch, cut over ranks and micro-steps (unevenly where it must: 100 on 8 ranks)
         self.layout = BatchLayout(cfg.train.batch_size, self.rank, self.world, cfg.train.grad_accum)
         self.micro_sizes = self.layout.micro_sizes
-        self.precision, self._precision_why = resolve_precision(cfg.runtime.precision, self.device,
-                                                                cfg.runtime.allow_cpu_fp16)
+        self.precision, self._precision_why = resolve_precision(
+            cfg.runtime.precision, self.device, cfg.runtime.allow_cpu_fp16
+        )
         self.step = 0
         self.r1_last: torch.Tensor | None = None
         self.signals = StopSignals()
@@ -96,28 +111,48 @@ class Trainer:
             G.init_output_bias(self.data.pixel_mean())
         if cfg.model.sync_batchnorm and self.world > 1:
             if self.device.type != "cuda":
-                raise ConfigError("model.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm is GPU-only); "
-                                  "on CPUs leave it false: BatchNorm statistics are then rank 0's, broadcast by DDP")
+                raise ConfigError(
+                    "model.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm is GPU-only); "
+                    "on CPUs leave it false: BatchNorm statistics are then rank 0's, broadcast by DDP"
+                )
             G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
         G, D = G.to(self.device), D.to(self.device)
         if self.device.type == "cuda":  # NHWC convolutions use tensor cores without layout transposes
-            G, D = (m.to(memory_format=torch.channels_last) if any(isinstance(x, nn.Conv2d | nn.ConvTranspose2d)
-                    for x in m.modules()) else m for m in (G, D))
+            G, D = (
+                m.to(memory_format=torch.channels_last)
+                if any(isinstance(x, nn.Conv2d | nn.ConvTranspose2d) for x in m.modules())
+                else m
+                for m in (G, D)
+            )
         self.ema = None
         if cfg.ema.enabled:
             m = cfg.model
-            self.ema = GeneratorAverage(G, cfg.ema.halflife_images, cfg.ema.rampup, cfg.ema.bn_batches,
-                                        cfg.train.batch_size, cfg.train.seed,
-                                        lambda n, g: sample_noise(n, m.z_dim, m.noise, "cpu", g),
-                                        self.rank, self.world, cfg.model.sync_batchnorm)
+            self.ema = GeneratorAverage(
+                G,
+                cfg.ema.halflife_images,
+                cfg.ema.rampup,
+                cfg.ema.bn_batches,
+                cfg.train.batch_size,
+                cfg.train.seed,
+                lambda n, g: sample_noise(n, m.z_dim, m.noise, "cpu", g),
+                self.rank,
+                self.world,
+                cfg.model.sync_batchnorm,
+            )
         self.G_ema = self.ema.module if self.ema else None
 
         nets = {}
         for name, module, lr in (("G", G, cfg.optim.lr_g or cfg.optim.lr), ("D", D, cfg.optim.lr)):
             compiled = maybe_compile(module, cfg, self.device)
             wrapped = acc.prepare(compiled) if self.world > 1 else compiled
-            nets[name] = Net(module, compiled, wrapped, build_optimizer(cfg, module.parameters(), lr),
-                             make_scaler(self.precision, self.device, cfg.runtime.fp16_init_scale), name)
+            nets[name] = Net(
+                module,
+                compiled,
+                wrapped,
+                build_optimizer(cfg, module.parameters(), lr),
+                make_scaler(self.precision, self.device, cfg.runtime.fp16_init_scale),
+                name,
+            )
         self.G, self.D = nets["G"], nets["D"]
         self.gan = GANStep(acc, self.G, self.D, LOSSES[cfg.loss.name], self.precision, self.layout.loss_weights)
         from distgan.evaluate import InTrainingEval
@@ -129,9 +164,14 @@ class Trainer:
         if resume_from is not None:
             self.load_state_dict(ckpt_lib.load_trainer_state(resume_from, self._modules()), resume_from)
         self._announce(resume_from, changes, G)
-        meta = {"world_size": self.world, "precision": self.precision, "device": str(self.device),
-                "resumed_at_step": self.step if resume_from else None, "resumed_from": str(resume_from or "") or None,
-                "changed_on_resume": {k: list(v) for k, v in changes.items()} or None}
+        meta = {
+            "world_size": self.world,
+            "precision": self.precision,
+            "device": str(self.device),
+            "resumed_at_step": self.step if resume_from else None,
+            "resumed_from": str(resume_from or "") or None,
+            "changed_on_resume": {k: list(v) for k, v in changes.items()} or None,
+        }
         self.rank0.collective(self.rundir.write_start, meta)
 
     def _resume_choice(self) -> tuple[Path | None, dict, int]:
@@ -146,15 +186,20 @@ class Trainer:
             f"[distgan] world size {self.world} | backend {backend()} | device {self.device} | "
             f"precision {self.precision} ({self._precision_why}) | compile {cfg.compile.enabled} | global batch "
             f"{cfg.train.batch_size} = {self.layout.describe()} | "
-            + (f"resumed from {resume_from} at step {self.step}" if resume_from else "fresh start"))
+            + (f"resumed from {resume_from} at step {self.step}" if resume_from else "fresh start")
+        )
         if changes:
-            self.rank0.print("[distgan] accepted on resume (train.allow_changed): " + ", ".join(
-                f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+            self.rank0.print(
+                "[distgan] accepted on resume (train.allow_changed): "
+                + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            )
         if self.world > 1 and any(is_batchnorm(m) for m in G.modules()) and not cfg.model.sync_batchnorm:
             sizes = self.layout.rank_sizes
-            self.rank0.print(f"[distgan] note: BatchNorm normalises each rank's {min(sizes)}-{max(sizes)} images, not "
-                             f"the global batch of {cfg.train.batch_size}: not the 1-process recipe. On GPUs, "
-                             f"model.sync_batchnorm=true keeps it.")
+            self.rank0.print(
+                f"[distgan] note: BatchNorm normalises each rank's {min(sizes)}-{max(sizes)} images, not "
+                f"the global batch of {cfg.train.batch_size}: not the 1-process recipe. On GPUs, "
+                f"model.sync_batchnorm=true keeps it."
+            )
 
     # ----------------------------------------------------------------------- documented data hooks
     def real_batch(self, global_batch_index: int, micro_index: int) -> torch.Tensor:
@@ -258,11 +303,23 @@ class Trainer:
         t = self.cfg.train
         images = (self.step - since[1]) * self.layout.per_rank * t.d_steps  # this rank's real images since then
         share = self.layout.per_rank / t.batch_size  # summed over ranks: the mean over the global batch
-        extra = [images / max(time.perf_counter() - since[0], 1e-9), float(self.data.skipped), float(self.signals.received)]
+        extra = [
+            images / max(time.perf_counter() - since[0], 1e-9),
+            float(self.data.skipped),
+            float(self.signals.received),
+        ]
         pack = all_reduce_sum_(torch.cat([stats * share, torch.tensor(extra, device=self.device)]))
         v = torch.cat([pack, self.gan.guard.state()]).tolist()  # the one host sync per tick
-        metrics = {**self.check_guard(v[7:]), "loss/D": v[0], "D(x)": v[1], "D(G(z))": v[2], "loss/G": v[3],
-                   "img/s": v[4], "images_seen": self.step * t.batch_size * t.d_steps, **sched}
+        metrics = {
+            **self.check_guard(v[7:]),
+            "loss/D": v[0],
+            "D(x)": v[1],
+            "D(G(z))": v[2],
+            "loss/G": v[3],
+            "img/s": v[4],
+            "images_seen": self.step * t.batch_size * t.d_steps,
+            **sched,
+        }
         if self.r1_last is not None:
             metrics["loss/R1"] = self.r1_last.item()
         if self.cfg.data.dataset == "webdataset" and not self.cfg.data.in_memory:
@@ -281,13 +338,21 @@ class Trainer:
         if why:
             latest = self.ckpt_root / "latest"
             last = self.ckpt_root / latest.read_text().strip() if latest.is_file() else None
-            raise Diverged(f"non-finite gradients by step {self.step} (skipped updates: D {int(values[0])}, G "
-                           f"{int(values[1])}); stopping: {why}. The last good checkpoint is {last or 'none yet'}; "
-                           f"lower the learning rates or use train.nonfinite=skip, then resume with train.resume=auto")
+            raise Diverged(
+                f"non-finite gradients by step {self.step} (skipped updates: D {int(values[0])}, G "
+                f"{int(values[1])}); stopping: {why}. The last good checkpoint is {last or 'none yet'}; "
+                f"lower the learning rates or use train.nonfinite=skip, then resume with train.resume=auto"
+            )
         out = {"skipped/D": values[0], "skipped/G": values[1]}
         if self.G.scaler is not None:  # fp16: the scalers' own skips are calibration, counted apart
-            out.update({"amp/overflow/D": values[2], "amp/overflow/G": values[3],
-                        "amp/scale/D": self.D.scaler.get_scale(), "amp/scale/G": self.G.scaler.get_scale()})
+            out.update(
+                {
+                    "amp/overflow/D": values[2],
+                    "amp/overflow/G": values[3],
+                    "amp/scale/D": self.D.scaler.get_scale(),
+                    "amp/scale/G": self.G.scaler.get_scale(),
+                }
+            )
         return out
 
     def _eval_tick(self, tracker) -> None:
@@ -295,7 +360,9 @@ class Trainer:
         figures = self.evaluate()
         if self.evaluator.best.update(self.step, figures):
             self.save_checkpoint(name="best")
-        tracker.log(self.step, {**{f"eval/{k}": v for k, v in figures.items()}, "eval/seconds": time.perf_counter() - t0})
+        tracker.log(
+            self.step, {**{f"eval/{k}": v for k, v in figures.items()}, "eval/seconds": time.perf_counter() - t0}
+        )
         tracker.write(self.evaluator.summary(self.step, figures, time.perf_counter() - t0))
 
     def _grid(self, tracker) -> None:
@@ -339,11 +406,16 @@ class Trainer:
         state = self.state_dict()
         j = self.step * self.cfg.train.d_steps
         epoch, offset = self.data.position(j)
-        manifest = {"images_seen": j * self.cfg.train.batch_size, "world_size": self.world,
-                    "data": {"global_batches": j, "epoch": epoch, "batch_in_epoch": offset},
-                    "config": self.cfg.to_dict(), **({"best": self.evaluator.best.best} if name else {})}
-        return self.rank0.collective(ckpt_lib.save_trainer_state, self.ckpt_root, state, manifest,
-                                     self.cfg.train.keep_last, name)
+        manifest = {
+            "images_seen": j * self.cfg.train.batch_size,
+            "world_size": self.world,
+            "data": {"global_batches": j, "epoch": epoch, "batch_in_epoch": offset},
+            "config": self.cfg.to_dict(),
+            **({"best": self.evaluator.best.best} if name else {}),
+        }
+        return self.rank0.collective(
+            ckpt_lib.save_trainer_state, self.ckpt_root, state, manifest, self.cfg.train.keep_last, name
+        )
 
     # ------------------------------------------------------------------------------------ state
     def _modules(self) -> dict[str, nn.Module]:
@@ -362,14 +434,21 @@ class Trainer:
         seen, optimizers, loss scalers, every rank's RNG states, the best evaluation}}``. A collective under
         DDP (the RNG states are gathered)."""
         t = self.cfg.train
-        return {"networks": {k: m.state_dict() for k, m in self._modules().items()},
-                "training": {"step": self.step, "images_seen": self.step * t.batch_size * t.d_steps,
-                             "opt_G": self.G.opt.state_dict(), "opt_D": self.D.opt.state_dict(),
-                             "scaler_G": self.G.scaler.state_dict() if self.G.scaler else {},
-                             "scaler_D": self.D.scaler.state_dict() if self.D.scaler else {},
-                             # noise, dropout and data order are reseeded from (seed, rank, step) every step, so
-                             # these are not needed for an exact resume; restored when the world size is unchanged
-                             "rng_per_rank": gather_objects(rng_state(), self.world), "best": self.evaluator.best.best}}
+        return {
+            "networks": {k: m.state_dict() for k, m in self._modules().items()},
+            "training": {
+                "step": self.step,
+                "images_seen": self.step * t.batch_size * t.d_steps,
+                "opt_G": self.G.opt.state_dict(),
+                "opt_D": self.D.opt.state_dict(),
+                "scaler_G": self.G.scaler.state_dict() if self.G.scaler else {},
+                "scaler_D": self.D.scaler.state_dict() if self.D.scaler else {},
+                # noise, dropout and data order are reseeded from (seed, rank, step) every step, so
+                # these are not needed for an exact resume; restored when the world size is unchanged
+                "rng_per_rank": gather_objects(rng_state(), self.world),
+                "best": self.evaluator.best.best,
+            },
+        }
 
     def load_state_dict(self, state: dict, source: Path | str = "the checkpoint") -> None:
         """Restore ``state_dict()``'s output (networks already checked to fit by checkpoint.load_trainer_state)."""
@@ -387,5 +466,7 @@ class Trainer:
         if len(rngs) == self.world:
             set_rng_state(rngs[self.rank])
         if self.step > self.cfg.train.max_steps:
-            raise ConfigError(f"checkpoint {source} is at step {self.step}, beyond train.max_steps="
-                              f"{self.cfg.train.max_steps}; raise train.max_steps to continue")
+            raise ConfigError(
+                f"checkpoint {source} is at step {self.step}, beyond train.max_steps="
+                f"{self.cfg.train.max_steps}; raise train.max_steps to continue"
+            )

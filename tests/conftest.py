@@ -15,11 +15,18 @@ os.environ.setdefault("DISTGAN_DATA_DIR", str((REPO.parent / "shared" / "data").
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["WANDB_SILENT"] = "true"
 _SESSION = Path(tempfile.mkdtemp(prefix="distgan-tests-"))
-for var, sub in (("DISTGAN_CACHE_DIR", "distgan"), ("WANDB_DIR", "wandb"), ("WANDB_CACHE_DIR", "wandb-cache"),
-                 ("WANDB_CONFIG_DIR", "wandb-config"), ("WANDB_DATA_DIR", "wandb-data"),
-                 ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton"),
-                 ("MPLCONFIGDIR", "matplotlib"), ("XDG_CACHE_HOME", "xdg-cache"),
-                 ("DISTGAN_TEST_TMPDIR", "tmp")):  # TMPDIR of child processes (torchelastic, wandb leave files)
+for var, sub in (
+    ("DISTGAN_CACHE_DIR", "distgan"),
+    ("WANDB_DIR", "wandb"),
+    ("WANDB_CACHE_DIR", "wandb-cache"),
+    ("WANDB_CONFIG_DIR", "wandb-config"),
+    ("WANDB_DATA_DIR", "wandb-data"),
+    ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+    ("TRITON_CACHE_DIR", "triton"),
+    ("MPLCONFIGDIR", "matplotlib"),
+    ("XDG_CACHE_HOME", "xdg-cache"),
+    ("DISTGAN_TEST_TMPDIR", "tmp"),
+):  # TMPDIR of child processes (torchelastic, wandb leave files)
     os.environ[var] = str(_SESSION / sub)
 (_SESSION / "tmp").mkdir()
 
@@ -43,8 +50,15 @@ def debug_run(tmp_path_factory, data_dir):
     from tests.helpers import module
 
     run_dir = tmp_path_factory.mktemp("debug") / "dbg"
-    p = module("distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.progress=false",
-               env={"WANDB_MODE": "offline"})
+    p = module(
+        "distgan.train",
+        "--config",
+        "configs/debug.yaml",
+        "--run-dir",
+        str(run_dir),
+        "train.progress=false",
+        env={"WANDB_MODE": "offline"},
+    )
     return run_dir, p
 
 

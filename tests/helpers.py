@@ -26,8 +26,17 @@ def launch_cmd(nproc: int, *args: str) -> list[str]:
     if nproc == 1:
         return [sys.executable, *args]
     accelerate = str(Path(sys.executable).parent / "accelerate")
-    return [accelerate, "launch", "--config_file", "launch/cpu_debug.yaml", "--num_processes", str(nproc),
-            "--main_process_port", str(free_port()), *args]
+    return [
+        accelerate,
+        "launch",
+        "--config_file",
+        "launch/cpu_debug.yaml",
+        "--num_processes",
+        str(nproc),
+        "--main_process_port",
+        str(free_port()),
+        *args,
+    ]
 
 
 def child_env(extra: dict | None = None) -> dict:
@@ -42,29 +51,50 @@ def child_env(extra: dict | None = None) -> dict:
 def run(cmd: list[str], env: dict | None = None, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
     """Run in the repo root, in :func:`child_env`."""
     env = child_env(env)
-    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-                       start_new_session=True)
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True)
     if check and p.returncode != 0:
-        raise AssertionError(f"{cmd[:6]}... exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-5000:]}")
+        raise AssertionError(
+            f"{cmd[:6]}... exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-5000:]}"
+        )
     return p
 
 
-def module(mod: str, *args: str, nproc: int = 1, env: dict | None = None, check: bool = True,
-           timeout: int = 300) -> subprocess.CompletedProcess:
+def module(
+    mod: str, *args: str, nproc: int = 1, env: dict | None = None, check: bool = True, timeout: int = 300
+) -> subprocess.CompletedProcess:
     return run(launch_cmd(nproc, "-m", mod, *args), env=env, check=check, timeout=timeout)
 
 
-def train(run_dir, *overrides: str, nproc: int = 1, config: str = "configs/debug.yaml", env=None, check=True,
-          timeout: int = 300) -> subprocess.CompletedProcess:
+def train(
+    run_dir,
+    *overrides: str,
+    nproc: int = 1,
+    config: str = "configs/debug.yaml",
+    env=None,
+    check=True,
+    timeout: int = 300,
+) -> subprocess.CompletedProcess:
     """``distgan.train`` with QUIET overrides first (the caller's win)."""
-    return module("distgan.train", "--config", config, "--run-dir", str(run_dir), *QUIET, *overrides, nproc=nproc,
-                  env=env, check=check, timeout=timeout)
+    return module(
+        "distgan.train",
+        "--config",
+        config,
+        "--run-dir",
+        str(run_dir),
+        *QUIET,
+        *overrides,
+        nproc=nproc,
+        env=env,
+        check=check,
+        timeout=timeout,
+    )
 
 
 def tree_snapshot(d: Path) -> dict:
     """{relative path: sha256} of every file under ``d``: "nothing changed" is equality of two snapshots."""
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()
+    }
 
 
 class Result:
@@ -99,11 +129,14 @@ def call(mod: str, *args: str, env: dict | None = None, check: bool = True) -> R
                 os.environ[k] = v
     r = Result(code or 0, out.getvalue(), err.getvalue())
     if check and r.returncode != 0:
-        raise AssertionError(f"{mod} {args[:4]}... returned {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}")
+        raise AssertionError(
+            f"{mod} {args[:4]}... returned {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
+        )
     return r
 
 
 def train_here(run_dir, *overrides: str, config: str = "configs/debug.yaml", env=None, check=True) -> Result:
     """``distgan.train`` in this process (see :func:`call`), QUIET overrides first."""
-    return call("distgan.train", "--config", config, "--run-dir", str(run_dir), *QUIET, *overrides, env=env,
-                check=check)
+    return call(
+        "distgan.train", "--config", config, "--run-dir", str(run_dir), *QUIET, *overrides, env=env, check=check
+    )

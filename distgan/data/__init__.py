@@ -49,6 +49,7 @@ def build_source(cfg, layout, device, rank0, start_step: int) -> BatchSource:
         urls = expand_urls(d.urls)
         check_urls(urls, d.image_shape)
         if d.in_memory:  # one reader, not one per rank
+
             def read():
                 images, _, skipped = read_all(urls, d.image_shape, workers=min(d.workers, len(urls)))
                 if skipped:
@@ -58,8 +59,17 @@ def build_source(cfg, layout, device, rank0, start_step: int) -> BatchSource:
             images = _broadcast_from_rank0(read, rank0, layout.rank, device)
             return ShardedBatches(images, t.batch_size, layout.rank, layout.world, t.seed, t.grad_accum)
         per_epoch = d.samples_per_epoch or int((shard_meta(urls) or {}).get("samples", 0))
-        return StreamBatches(urls, layout, d.image_shape, t.seed, d.workers, d.shuffle_buffer, device,
-                             start_step=start_step, samples_per_epoch=per_epoch)
+        return StreamBatches(
+            urls,
+            layout,
+            d.image_shape,
+            t.seed,
+            d.workers,
+            d.shuffle_buffer,
+            device,
+            start_step=start_step,
+            samples_per_epoch=per_epoch,
+        )
     from distgan.data.mnist import ensure_mnist, load_split
 
     rank0.collective(ensure_mnist, d.root, d.download)  # W processes must not download into one folder at once

@@ -99,7 +99,11 @@ def stacked_mnist_samples(root: str, split: str, num: int, seed: int, size: int)
         for row in idx:
             rgb = images[row, 0].permute(1, 2, 0).numpy()  # [28, 28, 3]
             a, b, c = (int(labels[i]) for i in row)
-            yield resize_center_crop(Image.fromarray(np.ascontiguousarray(rgb), "RGB"), size), 100 * a + 10 * b + c, None
+            yield (
+                resize_center_crop(Image.fromarray(np.ascontiguousarray(rgb), "RGB"), size),
+                100 * a + 10 * b + c,
+                None,
+            )
 
     return num, gen(), [f"{i:03d}" for i in range(1000)]
 
@@ -147,8 +151,14 @@ def write_shards(samples, total: int, out: Path, prefix: str, shard_size: int, f
         bar.update(1)
     close()
     bar.close()
-    return {"samples": count, "shards": len(shards), "bytes": nbytes, "image_shape": shape, "format": fmt,
-            "files": shards}
+    return {
+        "samples": count,
+        "shards": len(shards),
+        "bytes": nbytes,
+        "image_shape": shape,
+        "format": fmt,
+        "files": shards,
+    }
 
 
 def main(argv=None) -> int:
@@ -157,8 +167,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=int, default=None, help="square image size (default 64 for folders, 28 for MNIST)")
     p.add_argument("--shard-size", type=int, default=5000, help="samples per shard (default %(default)s)")
-    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
-                   help="1 (grayscale) or 3 (RGB); default 3 for folders and stacked_mnist, 1 for mnist")
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        default=None,
+        help="1 (grayscale) or 3 (RGB); default 3 for folders and stacked_mnist, 1 for mnist",
+    )
     p.add_argument("--format", choices=["png", "jpg"], default="png")
     p.add_argument("--split", choices=["train", "valid", "test"], default="train", help="MNIST split (default train)")
     p.add_argument("--num", type=int, default=128_000, help="stacked_mnist: samples (default %(default)s, PacGAN's)")
@@ -174,8 +189,11 @@ def main(argv=None) -> int:
         return 2
     existing = sorted(out.glob(f"{prefix}-*.tar")) if out.is_dir() else []
     if existing and not args.overwrite:
-        print(f"distgan: {out} already holds {len(existing)} shards named {prefix}-*.tar; pass --overwrite to replace "
-              f"them or choose another --out/--prefix. Nothing was written.", file=sys.stderr)
+        print(
+            f"distgan: {out} already holds {len(existing)} shards named {prefix}-*.tar; pass --overwrite to replace "
+            f"them or choose another --out/--prefix. Nothing was written.",
+            file=sys.stderr,
+        )
         return 2
     from distgan.data import data_root
 
@@ -211,9 +229,11 @@ def main(argv=None) -> int:
 
     atomic_write_text(out / f"{prefix}-meta.json", json.dumps(summary, indent=1) + "\n")
     last = len(summary["files"]) - 1
-    print(f"[distgan] wrote {summary['samples']} samples in {summary['shards']} shards "
-          f"({summary['bytes'] / 1e6:.1f} MB) to {out}/{prefix}-{{000000..{last:06d}}}.tar; image shape "
-          f"{summary['image_shape']}")
+    print(
+        f"[distgan] wrote {summary['samples']} samples in {summary['shards']} shards "
+        f"({summary['bytes'] / 1e6:.1f} MB) to {out}/{prefix}-{{000000..{last:06d}}}.tar; image shape "
+        f"{summary['image_shape']}"
+    )
     return 0
 
 

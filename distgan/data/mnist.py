@@ -29,18 +29,22 @@ def _read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a cut or damaged download
-        raise DataError(f"{path} is truncated or not valid gzip ({type(e).__name__}: {e}); delete it and "
-                        f"download MNIST again (data.download=true), or point DISTGAN_DATA_DIR at an intact copy") from None
+        raise DataError(
+            f"{path} is truncated or not valid gzip ({type(e).__name__}: {e}); delete it and "
+            f"download MNIST again (data.download=true), or point DISTGAN_DATA_DIR at an intact copy"
+        ) from None
     if len(data) < 8 or data[0] != 0 or data[1] != 0:
         raise DataError(f"{path} is not an idx file (bad magic number); delete it and download MNIST again")
     dtype_code, ndim = data[2], data[3]
     if dtype_code != 0x08:
         raise DataError(f"{path}: expected unsigned bytes (0x08), found type code {dtype_code:#x}")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated: header says {dims}, found {body.size} bytes of data; delete it and "
-                        f"download MNIST again, or point DISTGAN_DATA_DIR at an intact copy")
+        raise DataError(
+            f"{path} is truncated: header says {dims}, found {body.size} bytes of data; delete it and "
+            f"download MNIST again, or point DISTGAN_DATA_DIR at an intact copy"
+        )
     return body.reshape(dims)
 
 
@@ -53,9 +57,11 @@ def _find_raw(root: Path) -> Path | None:
 
 def _missing_message(root: Path, reason: str) -> str:
     names = ", ".join(f for pair in FILES.values() for f in pair)
-    return (f"MNIST not found under {root} ({reason}). Expected {root}/MNIST/raw/ holding {names} "
-            f"(torchvision's layout, optionally .gz). Point data.root or the DISTGAN_DATA_DIR environment "
-            f"variable at the directory that contains MNIST/, or allow a download (data.download=true, needs internet).")
+    return (
+        f"MNIST not found under {root} ({reason}). Expected {root}/MNIST/raw/ holding {names} "
+        f"(torchvision's layout, optionally .gz). Point data.root or the DISTGAN_DATA_DIR environment "
+        f"variable at the directory that contains MNIST/, or allow a download (data.download=true, needs internet)."
+    )
 
 
 def ensure_mnist(root: str | os.PathLike, download: bool = True) -> Path:
@@ -96,7 +102,9 @@ def load_split(root: str | os.PathLike, split: str, download: bool = True) -> tu
         images = _read_idx(_path(raw, img_name))
         labels = _read_idx(_path(raw, lbl_name))
     except OSError as e:
-        raise DataError(f"cannot read MNIST under {raw}: {e}. Check permissions or point DISTGAN_DATA_DIR elsewhere") from None
+        raise DataError(
+            f"cannot read MNIST under {raw}: {e}. Check permissions or point DISTGAN_DATA_DIR elsewhere"
+        ) from None
     images = torch.from_numpy(images[lo:hi].copy()).unsqueeze(1)
     labels = torch.from_numpy(labels[lo:hi].astype(np.int64))
     return images, labels

@@ -33,9 +33,11 @@ class BatchLayout:
         if global_batch < world * grad_accum:
             from distgan.errors import ConfigError
 
-            raise ConfigError(f"train.batch_size={global_batch} (global) is smaller than world size {world} x "
-                              f"train.grad_accum {grad_accum}: every rank needs at least one image per micro-step; "
-                              f"use train.batch_size>={world * grad_accum} or fewer processes")
+            raise ConfigError(
+                f"train.batch_size={global_batch} (global) is smaller than world size {world} x "
+                f"train.grad_accum {grad_accum}: every rank needs at least one image per micro-step; "
+                f"use train.batch_size>={world * grad_accum} or fewer processes"
+            )
         self.B, self.rank, self.world, self.accum = global_batch, rank, world, grad_accum
         sizes = split(global_batch, world)
         self.rank_sizes = sizes
@@ -52,8 +54,9 @@ class BatchLayout:
 
 
 class ShardedBatches:
-    def __init__(self, images: torch.Tensor, global_batch: int, rank: int, world_size: int, seed: int,
-                 grad_accum: int = 1):
+    def __init__(
+        self, images: torch.Tensor, global_batch: int, rank: int, world_size: int, seed: int, grad_accum: int = 1
+    ):
         n = images.shape[0]
         if global_batch > n:
             from distgan.errors import ConfigError
@@ -81,7 +84,7 @@ class ShardedBatches:
         epoch, pos = self.position(global_batch_index)
         lay = self.layout
         start = pos * self.B + lay.rank_starts[self.rank] + lay.micro_starts[micro_index]
-        return self.permutation(epoch)[start:start + lay.micro_sizes[micro_index]]
+        return self.permutation(epoch)[start : start + lay.micro_sizes[micro_index]]
 
     def batch(self, global_batch_index: int, micro_index: int = 0) -> torch.Tensor:
         return self.images[self.indices(global_batch_index, micro_index)]

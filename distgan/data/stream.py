@@ -43,7 +43,9 @@ def expand_urls(pattern: str) -> list[str]:
     from webdataset.shardlists import expand_urls as wds_expand
 
     if not pattern or not pattern.strip():
-        raise DataError("data.urls is empty; give a shard pattern such as data.urls='shards/train-{000000..000009}.tar'")
+        raise DataError(
+            "data.urls is empty; give a shard pattern such as data.urls='shards/train-{000000..000009}.tar'"
+        )
     urls = list(wds_expand(pattern.strip()))
     if not urls:
         raise DataError(f"data.urls={pattern!r} expands to no shard")
@@ -64,8 +66,10 @@ def check_urls(urls: list[str], image_shape=None) -> None:
     local shard whose first image has another size or channel count than the config's."""
     missing = [u for u in urls if (p := local_path(u)) is not None and not p.is_file()]
     if missing:
-        raise DataError(f"{len(missing)} of {len(urls)} shards not found, first {missing[0]!r}; check data.urls "
-                        f"(write shards with `python -m distgan.data.make_shards`)")
+        raise DataError(
+            f"{len(missing)} of {len(urls)} shards not found, first {missing[0]!r}; check data.urls "
+            f"(write shards with `python -m distgan.data.make_shards`)"
+        )
     if image_shape is not None:
         check_image_shape(urls, image_shape)
 
@@ -87,8 +91,10 @@ def check_image_shape(urls: list[str], image_shape) -> None:
                     data = tar.extractfile(member).read()
                     break
             else:
-                raise DataError(f"shard {path} holds no image ({', '.join(IMAGE_KEYS)}); write shards with "
-                                f"`python -m distgan.data.make_shards`")
+                raise DataError(
+                    f"shard {path} holds no image ({', '.join(IMAGE_KEYS)}); write shards with "
+                    f"`python -m distgan.data.make_shards`"
+                )
     except (tarfile.TarError, OSError) as e:
         raise DataError(f"shard {path} cannot be read as a tar file: {e}") from None
     from PIL import Image, UnidentifiedImageError
@@ -99,9 +105,11 @@ def check_image_shape(urls: list[str], image_shape) -> None:
     except (UnidentifiedImageError, OSError):
         return  # a corrupt first sample: the stream skips and counts it
     if size != (w, h):  # channels need no check: decoding converts to the configured ones
-        raise DataError(f"shard {path} holds {size[0]}x{size[1]} images ({member.name}) but the config expects "
-                        f"{w}x{h} (data.image_size={h}); set data.image_size={size[1]} or rewrite the shards "
-                        f"with make_shards --size {h}")
+        raise DataError(
+            f"shard {path} holds {size[0]}x{size[1]} images ({member.name}) but the config expects "
+            f"{w}x{h} (data.image_size={h}); set data.image_size={size[1]} or rewrite the shards "
+            f"with make_shards --size {h}"
+        )
 
 
 def shard_meta(urls: list[str]) -> dict | None:
@@ -127,8 +135,10 @@ def decode_image(data: bytes, image_shape: tuple[int, int, int]) -> torch.Tensor
     with Image.open(io.BytesIO(data)) as img:
         img = img.convert("L" if c == 1 else "RGB")
         if img.size != (w, h):
-            raise ValueError(f"image is {img.size[0]}x{img.size[1]}, the config expects {w}x{h} "
-                             f"(data.image_size); rewrite the shards with make_shards --size {h}")
+            raise ValueError(
+                f"image is {img.size[0]}x{img.size[1]}, the config expects {w}x{h} "
+                f"(data.image_size); rewrite the shards with make_shards --size {h}"
+            )
         arr = np.asarray(img, dtype=np.uint8)
     t = torch.from_numpy(arr.copy())
     return t.unsqueeze(0) if c == 1 else t.permute(2, 0, 1).contiguous()
@@ -137,16 +147,29 @@ def decode_image(data: bytes, image_shape: tuple[int, int, int]) -> torch.Tensor
 class ShardStream(IterableDataset):
     """Yields ``(images uint8 [B, C, H, W], labels int64 [B] (-1: none), skipped so far, worker id)``."""
 
-    def __init__(self, urls: list[str], mode: str, batch_size: int, image_shape, rank: int = 0, world: int = 1,
-                 seed: int = 0, shuffle_buffer: int = 1000, epoch_batches: int = 0, start: int = 0,
-                 num_workers: int = 0):
+    def __init__(
+        self,
+        urls: list[str],
+        mode: str,
+        batch_size: int,
+        image_shape,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        epoch_batches: int = 0,
+        start: int = 0,
+        num_workers: int = 0,
+    ):
         if mode not in MODES:
             raise DataError(f"stream mode {mode!r} is not one of {MODES}")
         readers = world * max(1, num_workers)
         if mode == "exact" and len(urls) < readers:
-            raise DataError(f"exact mode needs at least one shard per reader: {len(urls)} shards for {world} ranks x "
-                            f"{max(1, num_workers)} workers; write more, smaller shards (make_shards --shard-size) "
-                            f"or use fewer data.workers")
+            raise DataError(
+                f"exact mode needs at least one shard per reader: {len(urls)} shards for {world} ranks x "
+                f"{max(1, num_workers)} workers; write more, smaller shards (make_shards --shard-size) "
+                f"or use fewer data.workers"
+            )
         self.urls, self.mode, self.B, self.shape = list(urls), mode, batch_size, tuple(image_shape)
         self.rank, self.world, self.seed, self.buffer = rank, world, seed, shuffle_buffer
         self.epoch_batches, self.start, self.num_workers = epoch_batches, start, max(1, num_workers)
@@ -159,7 +182,7 @@ class ShardStream(IterableDataset):
 
     def _shards(self, wid: int, nw: int, rng: random.Random):
         if self.mode == "exact":
-            mine = self.urls[self.rank::self.world][wid::nw]
+            mine = self.urls[self.rank :: self.world][wid::nw]
             yield from ({"url": u} for u in mine)
         else:
             while True:
@@ -234,14 +257,39 @@ class StreamBatches:
     The stream yields this rank's share of each global batch (``layout.per_rank`` images); micro-batches
     are cut from it as ``BatchLayout`` says, so uneven splits across ranks work as with MNIST."""
 
-    def __init__(self, urls: list[str], layout, image_shape, seed: int, workers: int, shuffle_buffer: int, device,
-                 start_step: int = 0, samples_per_epoch: int = 0):
+    def __init__(
+        self,
+        urls: list[str],
+        layout,
+        image_shape,
+        seed: int,
+        workers: int,
+        shuffle_buffer: int,
+        device,
+        start_step: int = 0,
+        samples_per_epoch: int = 0,
+    ):
         self.layout = layout
-        self.stream = ShardStream(urls, "resampled", layout.per_rank, image_shape, layout.rank, layout.world, seed,
-                                  shuffle_buffer, start=start_step, num_workers=workers)
-        self.loader = DataLoader(self.stream, batch_size=None, num_workers=workers,
-                                 pin_memory=torch.device(device).type == "cuda",
-                                 persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+        self.stream = ShardStream(
+            urls,
+            "resampled",
+            layout.per_rank,
+            image_shape,
+            layout.rank,
+            layout.world,
+            seed,
+            shuffle_buffer,
+            start=start_step,
+            num_workers=workers,
+        )
+        self.loader = DataLoader(
+            self.stream,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=torch.device(device).type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
         self.device = torch.device(device)
         self.batches_per_epoch = max(1, samples_per_epoch // layout.B) if samples_per_epoch else 1
         self._it = iter(self.loader)
@@ -259,14 +307,15 @@ class StreamBatches:
             self._skipped[wid] = skipped
             self._j, self._images = global_batch_index, images.to(self.device, non_blocking=True)
         start, size = self.layout.micro_starts[micro_index], self.layout.micro_sizes[micro_index]
-        return self._images[start:start + size]
+        return self._images[start : start + size]
 
     def position(self, global_batch_index: int) -> tuple[int, int]:
         return divmod(global_batch_index, self.batches_per_epoch)
 
 
-def read_all(urls: list[str], image_shape, batch_size: int = 256, rank: int = 0, world: int = 1,
-             workers: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
+def read_all(
+    urls: list[str], image_shape, batch_size: int = 256, rank: int = 0, world: int = 1, workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Every sample of this rank's share in exact mode: (images, labels, skipped)."""
     ds = ShardStream(urls, "exact", batch_size, image_shape, rank, world, shuffle_buffer=0, num_workers=workers)
     imgs, labels, skipped = [], [], {}
@@ -277,4 +326,3 @@ def read_all(urls: list[str], image_shape, batch_size: int = 256, rank: int = 0,
     if not imgs:
         return torch.empty(0, *image_shape, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), sum(skipped.values())
     return torch.cat(imgs), torch.cat(labels), sum(skipped.values())
-

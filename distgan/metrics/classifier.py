@@ -27,8 +27,12 @@ class MNISTClassifier(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.fc = nn.Linear(64 * 7 * 7, FEATURE_DIM)
         self.drop = nn.Dropout(0.5)
@@ -54,8 +58,9 @@ def load_classifier(path: str | None = None, device: str = "cpu") -> MNISTClassi
 
     p = Path(path) if path else WEIGHTS
     if not p.exists():
-        raise FileNotFoundError(f"MNIST classifier weights {p} not found; reproduce them with "
-                                f"`python -m distgan.metrics.train_classifier`")
+        raise FileNotFoundError(
+            f"MNIST classifier weights {p} not found; reproduce them with `python -m distgan.metrics.train_classifier`"
+        )
     net = MNISTClassifier()
     net.load_state_dict(load_file(str(p)))
     return net.to(device).eval()
@@ -71,14 +76,15 @@ def classifier_info(path: str | None = None) -> dict:
 
 
 @torch.no_grad()
-def features_and_probs(images_u8: torch.Tensor, net: MNISTClassifier | None = None, batch_size: int = 1000,
-                       device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def features_and_probs(
+    images_u8: torch.Tensor, net: MNISTClassifier | None = None, batch_size: int = 1000, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(float32 features ``[N, 128]``, class probabilities ``[N, 10]``) on the CPU, in fixed-size batches
     so a sample's features do not depend on how the set was split (across ranks, for instance)."""
     net = net or load_classifier(device=device)
     feats, probs = [], []
     for i in range(0, images_u8.shape[0], batch_size):
-        f, logits = net(net.prepare(images_u8[i:i + batch_size].to(device)))
+        f, logits = net(net.prepare(images_u8[i : i + batch_size].to(device)))
         feats.append(f.float().cpu())
         probs.append(torch.softmax(logits.double(), 1).float().cpu())
     return torch.cat(feats), torch.cat(probs)

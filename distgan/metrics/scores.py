@@ -67,8 +67,13 @@ def histogram_stats(hist: torch.Tensor) -> dict:
     q = hist / hist.sum()
     nz = q > 0
     kl = (q[nz] * (q[nz] * k).log()).sum().item()
-    return {"modes": int((q > 0.2 / k).sum().item()), "modes_total": k, "mode_kl": max(kl, 0.0),
-            "mode_min_share": q.min().item(), "mode_max_share": q.max().item()}
+    return {
+        "modes": int((q > 0.2 / k).sum().item()),
+        "modes_total": k,
+        "mode_kl": max(kl, 0.0),
+        "mode_min_share": q.min().item(),
+        "mode_max_share": q.max().item(),
+    }
 
 
 def kth_radii(feats: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
@@ -76,15 +81,16 @@ def kth_radii(feats: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
     rows at a time (the whole float64 matrix of a 10,000-image set would take 800 MB)."""
     out = []
     for i in range(0, feats.shape[0], chunk):
-        d2 = sq_dists(feats[i:i + chunk], feats)
+        d2 = sq_dists(feats[i : i + chunk], feats)
         rows = torch.arange(d2.shape[0])
         d2[rows, rows + i] = float("inf")
         out.append(d2.topk(k, dim=1, largest=False).values[:, -1])
     return torch.cat(out).sqrt()
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 2048,
-                     real_radii: torch.Tensor | None = None) -> dict:
+def precision_recall(
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 2048, real_radii: torch.Tensor | None = None
+) -> dict:
     """Improved precision/recall (k-NN balls around each set) plus density and coverage.
 
     precision: share of fakes inside some real k-NN ball. recall: share of reals inside some fake
@@ -98,11 +104,15 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: 
     covered = torch.zeros(real.shape[0], dtype=torch.bool)  # real i's ball holds some fake
     recall_hit = torch.zeros(real.shape[0], dtype=torch.bool)  # real i in some fake ball
     for i in range(0, real.shape[0], chunk):
-        d = sq_dists(real[i:i + chunk], fake).sqrt()  # [chunk, n_fake]
-        in_real_ball = d <= r_real[i:i + chunk, None]
+        d = sq_dists(real[i : i + chunk], fake).sqrt()  # [chunk, n_fake]
+        in_real_ball = d <= r_real[i : i + chunk, None]
         inside_real |= in_real_ball.any(0)
         density_count += in_real_ball.double().sum(0)
-        covered[i:i + chunk] = in_real_ball.any(1)
-        recall_hit[i:i + chunk] = (d <= r_fake[None, :]).any(1)
-    return {"precision": inside_real.double().mean().item(), "recall": recall_hit.double().mean().item(),
-            "density": (density_count / k).mean().item(), "coverage": covered.double().mean().item()}
+        covered[i : i + chunk] = in_real_ball.any(1)
+        recall_hit[i : i + chunk] = (d <= r_fake[None, :]).any(1)
+    return {
+        "precision": inside_real.double().mean().item(),
+        "recall": recall_hit.double().mean().item(),
+        "density": (density_count / k).mean().item(),
+        "coverage": covered.double().mean().item(),
+    }

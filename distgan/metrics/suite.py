@@ -80,7 +80,9 @@ def _classifier_tag() -> str:
     return hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:16]
 
 
-def reference_features(data_root: str, split: str = "test", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_features(
+    data_root: str, split: str = "test", limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Classifier (features, probs) of an MNIST split, cached per classifier weights and split."""
     from safetensors.torch import load_file, save_file
 
@@ -110,8 +112,14 @@ REFERENCES = ("test", "valid")
 train[50000:60000], for model selection during training, so the test set never picks a checkpoint."""
 
 
-def compute(images_u8: torch.Tensor, metrics=FAST, data_root: str = "data", feats: torch.Tensor | None = None,
-            probs: torch.Tensor | None = None, reference: str = "test") -> dict:
+def compute(
+    images_u8: torch.Tensor,
+    metrics=FAST,
+    data_root: str = "data",
+    feats: torch.Tensor | None = None,
+    probs: torch.Tensor | None = None,
+    reference: str = "test",
+) -> dict:
     """Every requested metric of uint8 samples ``[N, 1, 28, 28]`` against the MNIST ``reference`` split.
 
     ``reference="test"``: FD and precision/recall against the test set's features, Parzen's sigma chosen on
@@ -128,8 +136,10 @@ def compute(images_u8: torch.Tensor, metrics=FAST, data_root: str = "data", feat
         metrics = tuple(m for m in METRICS if (m in RGB_METRICS) == (channels == 3))
     wrong = [m for m in metrics if (m in RGB_METRICS) != (channels == 3)]
     if wrong:
-        raise ValueError(f"metrics {wrong} do not apply to {channels}-channel samples; 'stacked' is for 3-channel "
-                         f"Stacked MNIST, the others for 1-channel MNIST")
+        raise ValueError(
+            f"metrics {wrong} do not apply to {channels}-channel samples; 'stacked' is for 3-channel "
+            f"Stacked MNIST, the others for 1-channel MNIST"
+        )
     if "stacked" in metrics:
         out.update(stacked_mnist_modes(images_u8))
     if FEATURE_METRICS & set(metrics):
@@ -199,9 +209,13 @@ def stacked_mnist_modes(images_u8: torch.Tensor) -> dict:
     """Stacked MNIST mode count (the protocol of VEEGAN and PacGAN): classify each channel of
     ``[N, 3, 28, 28]`` samples, mode = 100 a + 10 b + c. ``stacked_modes``: modes with at least one
     sample (the published figure); ``stacked_kl``: KL(mode histogram || uniform over 1000)."""
-    digits = [features_and_probs(images_u8[:, c:c + 1].contiguous())[1].argmax(1) for c in range(3)]
+    digits = [features_and_probs(images_u8[:, c : c + 1].contiguous())[1].argmax(1) for c in range(3)]
     code = digits[0] * 100 + digits[1] * 10 + digits[2]
     hist = torch.bincount(code, minlength=1000)
     st = scores.histogram_stats(hist)
-    return {"stacked_modes": int((hist > 0).sum().item()), "stacked_kl": st["mode_kl"],
-            "stacked_modes_fifth": st["modes"], "stacked_num": int(images_u8.shape[0])}
+    return {
+        "stacked_modes": int((hist > 0).sum().item()),
+        "stacked_kl": st["mode_kl"],
+        "stacked_modes_fifth": st["modes"],
+        "stacked_num": int(images_u8.shape[0]),
+    }

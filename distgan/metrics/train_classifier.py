@@ -1,6 +1,7 @@
 """Reproduce the shipped MNIST feature network.
 
-    python -m distgan.metrics.train_classifier [--epochs 4] [--seed 0] [--out distgan/metrics/weights/mnist_classifier.safetensors]
+    python -m distgan.metrics.train_classifier [--epochs 4] [--seed 0]
+                                               [--out distgan/metrics/weights/mnist_classifier.safetensors]
 
 Trains on the first 50,000 training images (the paper's split; 50,000-60,000 is validation) with
 random shifts of up to 2 pixels, Adam with a cosine schedule, and reports validation and test
@@ -29,7 +30,7 @@ def random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.T
     dx, dy = (torch.randint(0, 2 * max_shift + 1, (2, b), generator=g)).unbind(0)
     out = torch.empty_like(x)
     for i in range(b):
-        out[i] = padded[i, :, dy[i]:dy[i] + 28, dx[i]:dx[i] + 28]
+        out[i] = padded[i, :, dy[i] : dy[i] + 28, dx[i] : dx[i] + 28]
     return out
 
 
@@ -47,9 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None, help="MNIST root (default $DISTGAN_DATA_DIR, else ./data)")
     p.add_argument("--out", default=str(WEIGHTS))
     args = p.parse_args(argv)
-    from distgan.data.mnist import DataError, load_split
-
     from distgan.data import data_root
+    from distgan.data.mnist import DataError, load_split
 
     root = data_root(args.data_root)
     try:
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         perm = torch.randperm(train_x.shape[0], generator=g)
         loss_sum = 0.0
         for i in range(steps_per_epoch):
-            idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
+            idx = perm[i * args.batch_size : (i + 1) * args.batch_size]
             x = random_shift(MNISTClassifier.prepare(train_x[idx]), 2, g)
             loss = F.cross_entropy(net(x)[1], train_y[idx])
             opt.zero_grad(set_to_none=True)
@@ -81,8 +81,11 @@ def main(argv=None) -> int:
             sched.step()
             loss_sum += loss.item()
         net.eval()
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {loss_sum / steps_per_epoch:.4f}, valid accuracy "
-              f"{accuracy(net, valid_x, valid_y):.4f} ({time.time() - t0:.0f} s)", flush=True)
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: loss {loss_sum / steps_per_epoch:.4f}, valid accuracy "
+            f"{accuracy(net, valid_x, valid_y):.4f} ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
     net.eval()
     test_acc, valid_acc = accuracy(net, test_x, test_y), accuracy(net, valid_x, valid_y)
     print(f"test accuracy {test_acc:.4f} (valid {valid_acc:.4f}), {time.time() - t0:.0f} s")
@@ -90,14 +93,24 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"test_accuracy": test_acc, "valid_accuracy": valid_acc, "epochs": args.epochs, "seed": args.seed,
-            "batch_size": args.batch_size, "lr": args.lr, "train_images": "train[:50000]",
-            "command": "python -m distgan.metrics.train_classifier " + " ".join(argv if argv is not None else sys.argv[1:])}
+    meta = {
+        "test_accuracy": test_acc,
+        "valid_accuracy": valid_acc,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "train_images": "train[:50000]",
+        "command": "python -m distgan.metrics.train_classifier " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     from distgan.atomic import atomic_path
 
     with atomic_path(out) as tmp:
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp),
-                  metadata={k: json.dumps(v) for k, v in meta.items()})
+        save_file(
+            {k: v.contiguous() for k, v in net.state_dict().items()},
+            str(tmp),
+            metadata={k: json.dumps(v) for k, v in meta.items()},
+        )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0
 

@@ -34,11 +34,17 @@ class DCGANGenerator28(nn.Module):
         assert (h, w) == (28, 28), f"dcgan28 makes 28x28 images, the config asks for {h}x{w}"
         self.z_dim, self.image_shape, self.width = z_dim, tuple(image_shape), width
         self.fc = nn.Sequential(
-            nn.Linear(z_dim, 1024, bias=False), nn.BatchNorm1d(1024), nn.ReLU(),
-            nn.Linear(1024, 2 * width * 7 * 7, bias=False), nn.BatchNorm1d(2 * width * 7 * 7), nn.ReLU(),
+            nn.Linear(z_dim, 1024, bias=False),
+            nn.BatchNorm1d(1024),
+            nn.ReLU(),
+            nn.Linear(1024, 2 * width * 7 * 7, bias=False),
+            nn.BatchNorm1d(2 * width * 7 * 7),
+            nn.ReLU(),
         )
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
             nn.ConvTranspose2d(width, c, 4, 2, 1),
         )
         _dcgan_init(self)
@@ -56,8 +62,10 @@ class DCGANDiscriminator28(nn.Module):
         super().__init__()
         c, h, w = image_shape
         self.net = nn.Sequential(
-            nn.Conv2d(c, width, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
         )
         self.fc = nn.Sequential(nn.Linear(2 * width * (h // 4) * (w // 4), 1024), nn.LeakyReLU(0.2), nn.Linear(1024, 1))
         _dcgan_init(self)
@@ -69,8 +77,10 @@ class DCGANDiscriminator28(nn.Module):
 
 def _num_ups(size: int) -> int:
     if size not in (32, 64):
-        raise ValueError(f"the 'dcgan' networks make 32x32 or 64x64 images, the config asks for {size}x{size}; "
-                         f"use data.image_size 32 or 64 (or dcgan28 for 28x28)")
+        raise ValueError(
+            f"the 'dcgan' networks make 32x32 or 64x64 images, the config asks for {size}x{size}; "
+            f"use data.image_size 32 or 64 (or dcgan28 for 28x28)"
+        )
     return {32: 3, 64: 4}[size]
 
 
@@ -90,8 +100,12 @@ class DCGANGenerator(nn.Module):
         layers = [nn.ConvTranspose2d(z_dim, ch[0], 4, 1, 0, bias=False), nn.BatchNorm2d(ch[0]), nn.ReLU()]
         for a, b in zip(ch[:-1], ch[1:]):
             layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
-        layers += [nn.ConvTranspose2d(ch[-1], ch[-1], 4, 2, 1, bias=False), nn.BatchNorm2d(ch[-1]), nn.ReLU(),
-                   nn.Conv2d(ch[-1], c, 3, 1, 1)]
+        layers += [
+            nn.ConvTranspose2d(ch[-1], ch[-1], 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ch[-1]),
+            nn.ReLU(),
+            nn.Conv2d(ch[-1], c, 3, 1, 1),
+        ]
         self.net = nn.Sequential(*layers)
         _dcgan_init(self)
 
@@ -112,8 +126,8 @@ class DCGANDiscriminator(nn.Module):
         sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
         layers, cin = [], c
         for i in range(n):  # 64 px: 64 -> 32 (w) -> 16 (2w) -> 8 (4w) -> 4 (8w)
-            layers += [sn(nn.Conv2d(cin, width * 2 ** i, 4, 2, 1)), nn.LeakyReLU(0.2)]
-            cin = width * 2 ** i
+            layers += [sn(nn.Conv2d(cin, width * 2**i, 4, 2, 1)), nn.LeakyReLU(0.2)]
+            cin = width * 2**i
         self.net = nn.Sequential(*layers)
         self.fc = sn(nn.Linear(cin * 4 * 4, 1))
         if not spectral_norm:

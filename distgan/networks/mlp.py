@@ -23,8 +23,10 @@ class PaperMLPGenerator(nn.Module):
         self.z_dim, self.image_shape = z_dim, tuple(image_shape)
         out = math.prod(self.image_shape)
         self.net = nn.Sequential(
-            nn.Linear(z_dim, width), nn.ReLU(),
-            nn.Linear(width, width), nn.ReLU(),
+            nn.Linear(z_dim, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
             nn.Linear(width, out),
         )
         for m in self.net:
@@ -64,8 +66,15 @@ class PaperMaxoutDiscriminator(nn.Module):
     Inverted dropout as in pylearn2's ``Dropout`` cost: inputs kept with p=0.8, hidden inputs with p=0.5.
     """
 
-    def __init__(self, image_shape=(1, 28, 28), width: int = 240, pieces: int = 5, irange: float = 0.005,
-                 input_keep: float = 0.8, hidden_keep: float = 0.5):
+    def __init__(
+        self,
+        image_shape=(1, 28, 28),
+        width: int = 240,
+        pieces: int = 5,
+        irange: float = 0.005,
+        input_keep: float = 0.8,
+        hidden_keep: float = 0.5,
+    ):
         super().__init__()
         d_in = math.prod(image_shape)
         self.drop_in = nn.Dropout(1 - input_keep)

@@ -24,33 +24,53 @@ REPO = Path(__file__).resolve().parents[2]
 # BatchNorm re-estimated from 2 batches (output only), and shards decoded in the training process (each
 # DataLoader worker is one more interpreter on these 2 cores) through a shuffle buffer of 16 (the
 # configs' 2,000 would decode 2,000 images per rank before the first batch).
-STEPS = ["train.max_steps=2", "train.ckpt_every=2", "train.log_every=1", "train.sample_every=0", "train.progress=false",
-         "runtime.pg_timeout_s=120", "wandb.mode=disabled", "ema.bn_batches=2"]
+STEPS = [
+    "train.max_steps=2",
+    "train.ckpt_every=2",
+    "train.log_every=1",
+    "train.sample_every=0",
+    "train.progress=false",
+    "runtime.pg_timeout_s=120",
+    "wandb.mode=disabled",
+    "ema.bn_batches=2",
+]
 
 
 def main():
     out, shards64, stacked = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     names = sys.argv[4:] or sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
     wds = ["data.workers=0", "data.shuffle_buffer=16"]
-    data = {"webdataset_64": [f"data.urls={shards64}", *wds],
-            "webdataset_64_in_memory": [f"data.urls={shards64}", "data.in_memory=true", *wds],
-            "stacked_mnist": [f"data.urls={stacked}", *wds, "eval.num=200", "eval.block=20"]}
+    data = {
+        "webdataset_64": [f"data.urls={shards64}", *wds],
+        "webdataset_64_in_memory": [f"data.urls={shards64}", "data.in_memory=true", *wds],
+        "stacked_mnist": [f"data.urls={stacked}", *wds, "eval.num=200", "eval.block=20"],
+    }
     for name in names:
         config = REPO / "configs" / f"{name.replace('_in_memory', '')}.yaml"
         # evaluation as configured, on few samples: blocks of 20 spread over every rank
         extra = data.get(name, ["eval.num=200", "eval.block=20"])
         cfg = load(config, [*STEPS, *extra])
         import time
+
         t0 = time.time()
         tr = Trainer(cfg, out / "runs" / name)
         t1 = time.time()
         logged = tr.train()
         print(f"TIMING {name} rank {tr.rank}: setup {t1 - t0:.1f} s, train {time.time() - t1:.1f} s", flush=True)
         if tr.rank == 0:
-            (out / f"{name}.json").write_text(json.dumps({
-                "world": tr.world, "step": tr.step, "rank_sizes": tr.layout.rank_sizes,
-                "micro_sizes": tr.layout.micro_sizes, "loss/D": logged["loss/D"], "images_seen": logged["images_seen"],
-                "checkpoint": str(tr.ckpt_root / "step-000000002")}))
+            (out / f"{name}.json").write_text(
+                json.dumps(
+                    {
+                        "world": tr.world,
+                        "step": tr.step,
+                        "rank_sizes": tr.layout.rank_sizes,
+                        "micro_sizes": tr.layout.micro_sizes,
+                        "loss/D": logged["loss/D"],
+                        "images_seen": logged["images_seen"],
+                        "checkpoint": str(tr.ckpt_root / "step-000000002"),
+                    }
+                )
+            )
         del tr
         torch.distributed.barrier()
     torch.distributed.destroy_process_group()

@@ -64,7 +64,7 @@ def make_trainer_cls(opts):
                 g = torch.Generator().manual_seed(1_000_003 * self.step + update)
                 z_all = sample_noise(t.batch_size, self.cfg.model.z_dim, self.cfg.model.noise, "cpu", g)
                 start = self.rank * (t.batch_size // self.world) + micro * n
-                z = z_all[start:start + n].to(self.device)
+                z = z_all[start : start + n].to(self.device)
             p.calls += 1
             p.noises.append(z[:2].cpu().clone())
             return z
@@ -114,8 +114,13 @@ class Probe(Callback):
         if trainer.cfg.compile.enabled:
             from torch._dynamo.utils import counters
 
-            self.graphs.append({"unique_graphs": counters["stats"]["unique_graphs"], "frames_ok": counters["frames"]["ok"],
-                                "aot_ok": counters["aot_autograd"]["ok"]})
+            self.graphs.append(
+                {
+                    "unique_graphs": counters["stats"]["unique_graphs"],
+                    "frames_ok": counters["frames"]["ok"],
+                    "aot_ok": counters["aot_autograd"]["ok"],
+                }
+            )
         if s in self.opts.nan_steps or s - 1 in self.opts.nan_steps:  # just before and just after a NaN step
             self.snapshots[s] = {"D": clone(trainer.D.module.state_dict()), "opt_D": clone(trainer.D.opt.state_dict())}
         if self.opts.perturb and trainer.rank == self.opts.perturb[0] and s == self.opts.perturb[1]:
@@ -134,16 +139,36 @@ class Probe(Callback):
 
     def save(self, tr):
         d = tr.data
-        epoch0 = (torch.cat([d.indices(j, m) for j in range(d.batches_per_epoch) for m in range(tr.cfg.train.grad_accum)])
-                  .cpu() if hasattr(d, "indices") else None)
+        epoch0 = (
+            torch.cat(
+                [d.indices(j, m) for j in range(d.batches_per_epoch) for m in range(tr.cfg.train.grad_accum)]
+            ).cpu()
+            if hasattr(d, "indices")
+            else None
+        )
         out = Path(self.opts.out)
         out.mkdir(parents=True, exist_ok=True)
-        torch.save({"rank": tr.rank, "world": tr.world, "start_step": self.start_step, "step": tr.step,
-                    "G": clone(tr.G.module.state_dict()), "D": clone(tr.D.module.state_dict()),
-                    "G_ema": clone(tr.G_ema.state_dict()) if tr.G_ema is not None else {}, "init": self.init,
-                    "consumed": self.consumed, "epoch0": epoch0, "noises": self.noises,
-                    "local_stats": self.local_stats, "logged": self.logged, "snapshots": self.snapshots,
-                    "allreduce_calls": self.allreduce_calls[0], "graphs": self.graphs}, out / f"rank{tr.rank}.pt")
+        torch.save(
+            {
+                "rank": tr.rank,
+                "world": tr.world,
+                "start_step": self.start_step,
+                "step": tr.step,
+                "G": clone(tr.G.module.state_dict()),
+                "D": clone(tr.D.module.state_dict()),
+                "G_ema": clone(tr.G_ema.state_dict()) if tr.G_ema is not None else {},
+                "init": self.init,
+                "consumed": self.consumed,
+                "epoch0": epoch0,
+                "noises": self.noises,
+                "local_stats": self.local_stats,
+                "logged": self.logged,
+                "snapshots": self.snapshots,
+                "allreduce_calls": self.allreduce_calls[0],
+                "graphs": self.graphs,
+            },
+            out / f"rank{tr.rank}.pt",
+        )
 
 
 def clone(obj):

@@ -50,7 +50,7 @@ class Cluster:
         self.procs: list[subprocess.Popen] = []
         self.env = {**os.environ, "SLURM_CONF": str(root / "slurm.conf")}
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         ensure_installed()
         r = self.root
         for d in ("state", "spool", "munge", "log"):
@@ -92,9 +92,19 @@ JobAcctGatherType=jobacct_gather/none
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={ncpu} RealMemory={_mem_mb()} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """)
-        self._spawn(["munged", "-F", "--force", f"--key-file={key}", f"--socket={sock}",
-                     f"--pid-file={r}/munge/munged.pid", f"--log-file={r}/log/munged.log",
-                     f"--seed-file={r}/munge/munged.seed"], "munged")
+        self._spawn(
+            [
+                "munged",
+                "-F",
+                "--force",
+                f"--key-file={key}",
+                f"--socket={sock}",
+                f"--pid-file={r}/munge/munged.pid",
+                f"--log-file={r}/log/munged.log",
+                f"--seed-file={r}/munge/munged.seed",
+            ],
+            "munged",
+        )
         self._wait(lambda: sock.exists(), "munged socket", 20)
         self._spawn(["slurmctld", "-D", "-i", "-f", str(r / "slurm.conf")], "slurmctld")
         self._wait(lambda: self.run(["scontrol", "ping"]).returncode == 0, "slurmctld answering scontrol ping", 30)
@@ -129,8 +139,14 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         raise SlurmUnavailable(f"timed out waiting for {what}; logs: {self.logs('slurm')[-2000:]}")
 
     def run(self, cmd, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(cmd, env={**self.env, **kw.pop("env", {})}, capture_output=True, text=True,
-                              timeout=kw.pop("timeout", 60), **kw)
+        return subprocess.run(
+            cmd,
+            env={**self.env, **kw.pop("env", {})},
+            capture_output=True,
+            text=True,
+            timeout=kw.pop("timeout", 60),
+            **kw,
+        )
 
     def job_state(self, job_id: str) -> str:
         out = self.run(["scontrol", "show", "job", job_id]).stdout

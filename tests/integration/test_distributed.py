@@ -8,16 +8,35 @@ from tests.helpers import REPO, launch_cmd, run
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 WORKER = str(REPO / "tests" / "integration" / "ddp_worker.py")
 # A small paper-MLP model keeps every run to seconds; no EMA ramp-up so the EMA moves from step 1.
-BASE = ["train.progress=false", "model.width=64", "train.batch_size=40", "train.log_every=3",
-        "train.sample_every=0", "runtime.pg_timeout_s=60", "eval.every=0"]
+BASE = [
+    "train.progress=false",
+    "model.width=64",
+    "train.batch_size=40",
+    "train.log_every=3",
+    "train.sample_every=0",
+    "runtime.pg_timeout_s=60",
+    "eval.every=0",
+]
 
 
 def launch(nproc, tmp, overrides=(), probe=(), config="configs/debug.yaml", check=True):
     """The worker (distgan.train.main with probes) on ``nproc`` ranks; returns every rank's record (saved
     after the last step, before the final checkpoint) and the process."""
     out = tmp / "out"
-    cmd = launch_cmd(nproc, WORKER, "--out", str(out), *probe, "--", "--config", config, "--run-dir", str(tmp / "run"),
-                     *BASE, *overrides)
+    cmd = launch_cmd(
+        nproc,
+        WORKER,
+        "--out",
+        str(out),
+        *probe,
+        "--",
+        "--config",
+        config,
+        "--run-dir",
+        str(tmp / "run"),
+        *BASE,
+        *overrides,
+    )
     p = run(cmd, check=check)
     files = [out / f"rank{r}.pt" for r in range(nproc)]
     return [torch.load(f, weights_only=True) for f in files] if all(f.exists() for f in files) else None, p
@@ -90,8 +109,9 @@ def test_resume_two_ranks_to_one_and_back(two_rank, tmp_path):
     assert one["start_step"] == 6 and one["step"] == 8 and one["world"] == 1
     assert "resumed from" in p.stdout and "at step 6" in p.stdout
     assert_same(one["init"]["G"], r0["G"])  # it started from the 2-rank run's weights
-    (a, b), p = launch(2, tmp_path, ["train.max_steps=10", "train.ckpt_every=10", "train.d_steps=2",
-                                     "train.resume=auto"])
+    (a, b), p = launch(
+        2, tmp_path, ["train.max_steps=10", "train.ckpt_every=10", "train.d_steps=2", "train.resume=auto"]
+    )
     assert a["start_step"] == b["start_step"] == 8 and a["step"] == 10 and a["world"] == 2
     assert_same(a["init"]["G"], one["G"])
     assert_same(a["G"], b["G"])
@@ -101,8 +121,15 @@ def test_resume_two_ranks_to_one_and_back(two_rank, tmp_path):
 # No dropout and no BatchNorm (paper-MLP G, the conv D of dcgan28, both narrow), plain SGD without
 # momentum so an update is lr x gradient: a wrong reduction shows at full size (Adam would nearly hide a
 # sum-instead-of-mean: it divides the gradient's scale out). Noise: slices of one global tensor per update.
-EQUIV = ["model.discriminator=dcgan28", "model.width=8", "ema.enabled=false", "optim.name=sgd", "optim.lr=0.1",
-         "optim.momentum=0", "optim.final_momentum=0"]
+EQUIV = [
+    "model.discriminator=dcgan28",
+    "model.width=8",
+    "ema.enabled=false",
+    "optim.name=sgd",
+    "optim.lr=0.1",
+    "optim.momentum=0",
+    "optim.final_momentum=0",
+]
 STEPS = ["train.max_steps=2", "train.ckpt_every=2"]
 # Rounding bound for two float32 evaluations of the same gradient that sum in another order (batch 20 in
 # one matmul against two accumulated micro-batches of 10). A sum of n terms computed in two orders differs
@@ -113,7 +140,7 @@ STEPS = ["train.max_steps=2", "train.ckpt_every=2"]
 # |delta update| <= 2 L N u m, plus the rounding of p - lr g in each run, u |p| each: 2 u |p|.
 # 2 L N u = 7.8e-3 of the largest update; measured here: 0.02 of that bound for D, 1e-5 for G. A wrong
 # reduction moves elements by a good fraction of m: the negative controls measure 100 to 300 times the bound.
-U = 2.0 ** -24
+U = 2.0**-24
 ROUNDING = 2 * 8 * 8192 * U
 
 
@@ -167,8 +194,12 @@ def test_two_ranks_negative_controls_fail_the_comparison(reference, tmp_path, wr
 @pytest.fixture(scope="module")
 def two_ranks_accumulating(tmp_path_factory):
     """2 ranks x grad_accum 2 x micro-batch 10 (the same global batch of 40): no_sync on the first micro-step."""
-    ranks, _ = launch(2, tmp_path_factory.mktemp("acc"), [*EQUIV, *STEPS, "train.grad_accum=2"],
-                      ["--inject-noise", "--comm-hook", "count"])
+    ranks, _ = launch(
+        2,
+        tmp_path_factory.mktemp("acc"),
+        [*EQUIV, *STEPS, "train.grad_accum=2"],
+        ["--inject-noise", "--comm-hook", "count"],
+    )
     return ranks
 
 
@@ -210,9 +241,19 @@ def test_world_size_must_match_what_was_asked(tmp_path):
 def test_conv_gan_with_batchnorm_stays_in_sync(tmp_path):
     """DCGAN (BatchNorm in G) on 2 CPU ranks: parameters and BN statistics identical at the checkpoint.
     (SyncBatchNorm, model.sync_batchnorm=true, is GPU-only in torch; here the statistics are rank 0's.)"""
-    (r0, r1), p = launch(2, tmp_path, ["model.generator=dcgan28", "model.discriminator=dcgan28", "model.noise=normal",
-                                       "model.width=8", "train.max_steps=4", "train.ckpt_every=4",
-                                       "train.consistency_every=2"])
+    (r0, r1), p = launch(
+        2,
+        tmp_path,
+        [
+            "model.generator=dcgan28",
+            "model.discriminator=dcgan28",
+            "model.noise=normal",
+            "model.width=8",
+            "train.max_steps=4",
+            "train.ckpt_every=4",
+            "train.consistency_every=2",
+        ],
+    )
     for net in ("G", "D", "G_ema"):
         assert_same(r0[net], r1[net])
     assert any("running_mean" in k for k in r0["G"])
@@ -220,8 +261,13 @@ def test_conv_gan_with_batchnorm_stays_in_sync(tmp_path):
 
 def test_replica_mismatch_stops_the_run_naming_the_tensor(tmp_path):
     """One rank's weight changed on purpose: the next replica check stops the run (exit 1) and names it."""
-    _, p = launch(2, tmp_path, ["train.max_steps=8", "train.consistency_every=2", "train.ckpt_every=100"],
-                  ["--perturb", "1:3"], check=False)
+    _, p = launch(
+        2,
+        tmp_path,
+        ["train.max_steps=8", "train.consistency_every=2", "train.ckpt_every=100"],
+        ["--perturb", "1:3"],
+        check=False,
+    )
     assert p.returncode == 1, p.stderr[-3000:]
     assert "replicas diverged at step 4: tensor 'D.h0.linear.weight' differs between rank 0 and rank(s) [1]" in p.stderr
     import json

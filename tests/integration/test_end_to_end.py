@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import call, launch_cmd, module, run as run_cmd
+from tests.helpers import call, launch_cmd, module
+from tests.helpers import run as run_cmd
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -60,12 +61,36 @@ def test_sample_npz_and_png(debug_run, tmp_path):
     images = np.load(out)["images"]
     assert images.shape == (37, 1, 28, 28) and images.dtype == np.uint8
     again = tmp_path / "s2.npz"
-    run(["distgan.sample", "--checkpoint", str(run_dir / "checkpoints" / "step-000000040"), "--num", "37",
-         "--out", str(again), "--seed", "3"])
+    run(
+        [
+            "distgan.sample",
+            "--checkpoint",
+            str(run_dir / "checkpoints" / "step-000000040"),
+            "--num",
+            "37",
+            "--out",
+            str(again),
+            "--seed",
+            "3",
+        ]
+    )
     assert np.array_equal(np.load(again)["images"], images), "same checkpoint + seed must give the same bytes"
     raw = tmp_path / "raw.npz"
-    run(["distgan.sample", "--checkpoint", str(run_dir), "--num", "37", "--out", str(raw), "--seed", "3",
-         "--weights", "raw"])
+    run(
+        [
+            "distgan.sample",
+            "--checkpoint",
+            str(run_dir),
+            "--num",
+            "37",
+            "--out",
+            str(raw),
+            "--seed",
+            "3",
+            "--weights",
+            "raw",
+        ]
+    )
     assert not np.array_equal(np.load(raw)["images"], images), "raw and EMA weights gave the same images"
     png = tmp_path / "grid.png"
     run(["distgan.sample", "--checkpoint", str(run_dir), "--num", "16", "--out", str(png)])
@@ -77,8 +102,9 @@ def test_sample_npz_and_png(debug_run, tmp_path):
 def test_evaluate_parzen_prints_estimate(debug_run, tmp_path):
     run_dir, _ = debug_run
     js = tmp_path / "e.json"
-    p = run(["distgan.evaluate", "--checkpoint", str(run_dir), "--metrics", "parzen", "--num", "500",
-             "--json", str(js)])
+    p = run(
+        ["distgan.evaluate", "--checkpoint", str(run_dir), "--metrics", "parzen", "--num", "500", "--json", str(js)]
+    )
     assert "Parzen log-likelihood:" in p.stdout
     res = json.loads(js.read_text())
     assert np.isfinite(res["parzen_ll"]) and res["num"] == 500
@@ -110,8 +136,21 @@ def test_in_training_eval_keeps_best(debug_run):
 def test_evaluate_all_feature_metrics(debug_run, tmp_path):
     run_dir, _ = debug_run
     js = tmp_path / "e.json"
-    p = run(["distgan.evaluate", "--checkpoint", str(run_dir / "checkpoints" / "best"), "--metrics", "fd,cs,modes,pr",
-             "--num", "500", "--block", "250", "--json", str(js)])
+    p = run(
+        [
+            "distgan.evaluate",
+            "--checkpoint",
+            str(run_dir / "checkpoints" / "best"),
+            "--metrics",
+            "fd,cs,modes,pr",
+            "--num",
+            "500",
+            "--block",
+            "250",
+            "--json",
+            str(js),
+        ]
+    )
     res = json.loads(js.read_text())
     for k in ("fd", "cs", "modes", "mode_kl", "precision", "recall", "density", "coverage"):
         assert k in res and f"{k} " in p.stdout
@@ -169,8 +208,21 @@ def test_latent_walk_gif(debug_run, tmp_path):
 
     run_dir, _ = debug_run
     out = tmp_path / "walk.gif"
-    run(["distgan.sample", "--checkpoint", str(run_dir), "--interpolate", "3", "--frames", "4", "--num", "4",
-         "--out", str(out)])
+    run(
+        [
+            "distgan.sample",
+            "--checkpoint",
+            str(run_dir),
+            "--interpolate",
+            "3",
+            "--frames",
+            "4",
+            "--num",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     gif = Image.open(out)
     assert gif.n_frames == 12 and gif.size == (2 + 2 * 30, 2 + 2 * 30)
     frames = []
@@ -178,18 +230,32 @@ def test_latent_walk_gif(debug_run, tmp_path):
         gif.seek(i)
         frames.append(np.array(gif.convert("L")))
     assert not np.array_equal(frames[0], frames[1]), "a walk that does not move"
-    bad = run(["distgan.sample", "--checkpoint", str(run_dir), "--interpolate", "3", "--out", str(tmp_path / "w.png")],
-              check=False)
+    bad = run(
+        ["distgan.sample", "--checkpoint", str(run_dir), "--interpolate", "3", "--out", str(tmp_path / "w.png")],
+        check=False,
+    )
     assert bad.returncode == 2 and ".gif" in bad.stderr
 
 
 def test_resume_continues_from_saved_step(debug_run, copy_run):
     run_dir = copy_run(debug_run[0])
-    refused = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir),
-                   "train.max_steps=50"], check=False)
+    refused = run(
+        ["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.max_steps=50"],
+        check=False,
+    )
     assert refused.returncode == 2 and "already holds a run" in refused.stderr
-    p = module("distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.max_steps=50",
-               "train.resume=auto", "train.progress=false", "eval.every=0", env={"WANDB_MODE": "offline"})
+    p = module(
+        "distgan.train",
+        "--config",
+        "configs/debug.yaml",
+        "--run-dir",
+        str(run_dir),
+        "train.max_steps=50",
+        "train.resume=auto",
+        "train.progress=false",
+        "eval.every=0",
+        env={"WANDB_MODE": "offline"},
+    )
     assert "at step 40" in p.stdout
     rows = [r for x in (run_dir / "metrics.jsonl").read_text().splitlines() if "loss/D" in (r := json.loads(x))]
     assert [r["step"] for r in rows][-1] == 50 and [r["step"] for r in rows].count(40) == 1
@@ -204,22 +270,47 @@ def test_resume_continues_from_saved_step(debug_run, copy_run):
 
 def test_allowed_change_on_resume_is_recorded(debug_run, copy_run):
     run_dir = copy_run(debug_run[0])
-    p = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), "train.max_steps=42",
-             "train.resume=auto", "train.progress=false", "eval.every=0", "train.seed=7", "train.allow_changed=train.seed"])
+    p = run(
+        [
+            "distgan.train",
+            "--config",
+            "configs/debug.yaml",
+            "--run-dir",
+            str(run_dir),
+            "train.max_steps=42",
+            "train.resume=auto",
+            "train.progress=false",
+            "eval.every=0",
+            "train.seed=7",
+            "train.allow_changed=train.seed",
+        ]
+    )
     assert "accepted on resume (train.allow_changed): train.seed 0 -> 7" in p.stdout
     last = json.loads((run_dir / "runs.jsonl").read_text().splitlines()[-1])
     assert last["changed_on_resume"] == {"train.seed": [0, 7]} and last["resumed_at_step"] == 40
 
 
 def test_dry_run_prints_resolved_config(tmp_path):
-    p = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(tmp_path / "x"), "--dry-run",
-             "train.max_steps=7"])
+    p = run(
+        [
+            "distgan.train",
+            "--config",
+            "configs/debug.yaml",
+            "--run-dir",
+            str(tmp_path / "x"),
+            "--dry-run",
+            "train.max_steps=7",
+        ]
+    )
     assert "max_steps: 7" in p.stdout and not (tmp_path / "x").exists()
 
 
 def test_missing_data_is_one_clear_error(tmp_path):
-    p = run(["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(tmp_path / "r"),
-             "data.download=false"], {"DISTGAN_DATA_DIR": str(tmp_path / "empty")}, check=False)
+    p = run(
+        ["distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(tmp_path / "r"), "data.download=false"],
+        {"DISTGAN_DATA_DIR": str(tmp_path / "empty")},
+        check=False,
+    )
     assert p.returncode == 2
     assert "DISTGAN_DATA_DIR" in p.stderr and "train-images-idx3-ubyte" in p.stderr
     assert "Traceback" not in p.stderr

@@ -23,8 +23,21 @@ SMALL = ["model.width=64"]  # the paper's MLP at width 64: checkpoints of 1 MB, 
 
 
 def worker(run_dir, out, *overrides, probe=(), nproc=1, check=True, env=None):
-    cmd = launch_cmd(nproc, WORKER, "--out", str(out), *probe, "--", "--config", "configs/debug.yaml", "--run-dir",
-                     str(run_dir), *QUIET, *SMALL, *overrides)
+    cmd = launch_cmd(
+        nproc,
+        WORKER,
+        "--out",
+        str(out),
+        *probe,
+        "--",
+        "--config",
+        "configs/debug.yaml",
+        "--run-dir",
+        str(run_dir),
+        *QUIET,
+        *SMALL,
+        *overrides,
+    )
     return run(cmd, check=check, env=env)
 
 
@@ -75,10 +88,21 @@ def test_exact_resume_after_sigkill(tmp_path, nproc):
     train(tmp_path / "straight", *common, nproc=nproc)
 
     killed = tmp_path / "killed"
-    cmd = launch_cmd(nproc, "-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(killed), *QUIET,
-                     *common, "train.log_every=1")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = launch_cmd(
+        nproc,
+        "-m",
+        "distgan.train",
+        "--config",
+        "configs/debug.yaml",
+        "--run-dir",
+        str(killed),
+        *QUIET,
+        *common,
+        "train.log_every=1",
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -98,10 +122,21 @@ def test_exact_resume_after_sigkill(tmp_path, nproc):
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_75(tmp_path):
     run_dir = tmp_path / "r"
-    cmd = launch_cmd(1, "-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), *QUIET,
-                     *SMALL, "train.max_steps=100000", "train.ckpt_every=100000", "train.log_every=5")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = launch_cmd(
+        1,
+        "-m",
+        "distgan.train",
+        "--config",
+        "configs/debug.yaml",
+        "--run-dir",
+        str(run_dir),
+        *QUIET,
+        *SMALL,
+        "train.max_steps=100000",
+        "train.ckpt_every=100000",
+        "train.log_every=5",
+    )
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
@@ -109,12 +144,20 @@ def test_sigterm_checkpoints_and_exits_75(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err[-2000:]
-    stopped_at = json.loads((run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
-                             / "manifest.json").read_text())["step"]
+    stopped_at = json.loads(
+        (
+            run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip() / "manifest.json"
+        ).read_text()
+    )["step"]
     assert 10 <= stopped_at < 100000 and stopped_at % 5 == 0
     assert f"stopped on signal SIGTERM at step {stopped_at}" in out
-    assert status(run_dir) | {"pid": 0, "time": ""} == {"state": "stopped", "step": stopped_at, "exit_code": 75,
-                                                         "pid": 0, "time": ""}
+    assert status(run_dir) | {"pid": 0, "time": ""} == {
+        "state": "stopped",
+        "step": stopped_at,
+        "exit_code": 75,
+        "pid": 0,
+        "time": "",
+    }
     p = train(run_dir, *SMALL, f"train.max_steps={stopped_at + 5}", "train.resume=auto", "train.ckpt_every=1000")
     assert f"at step {stopped_at}" in p.stdout
     assert status(run_dir)["state"] == "finished" and status(run_dir)["exit_code"] == 0
@@ -123,8 +166,15 @@ def test_sigterm_checkpoints_and_exits_75(tmp_path):
 @pytest.mark.slow
 def test_diverged_run_exits_3_from_the_real_entry_point(tmp_path):
     """optim.lr=1e30: the first update throws the weights to ~1e30, the next forward overflows."""
-    p = train(tmp_path / "r", *SMALL, "optim.lr=1e30", "train.nonfinite=stop", "train.log_every=2",
-              "train.max_steps=10", check=False)
+    p = train(
+        tmp_path / "r",
+        *SMALL,
+        "optim.lr=1e30",
+        "train.nonfinite=stop",
+        "train.log_every=2",
+        "train.max_steps=10",
+        check=False,
+    )
     assert p.returncode == 3, p.stderr[-2000:]
     assert "distgan: Diverged: non-finite gradients by step 2" in p.stderr and "Traceback" not in p.stderr
     assert status(tmp_path / "r")["state"] == "diverged" and status(tmp_path / "r")["exit_code"] == 3
@@ -135,16 +185,29 @@ def test_diverged_run_exits_3_from_the_real_entry_point(tmp_path):
 def test_unexpected_failure_exits_1_and_says_failed(tmp_path):
     p = worker(tmp_path / "r", tmp_path / "o", "train.max_steps=10", probe=["--raise-at", "3"], check=False)
     assert p.returncode == 1 and "RuntimeError: injected failure after step 3" in p.stderr
-    assert status(tmp_path / "r") | {"pid": 0, "time": ""} == {"state": "failed", "step": 3, "exit_code": 1,
-                                                               "pid": 0, "time": ""}
+    assert status(tmp_path / "r") | {"pid": 0, "time": ""} == {
+        "state": "failed",
+        "step": 3,
+        "exit_code": 1,
+        "pid": 0,
+        "time": "",
+    }
 
 
 @pytest.mark.slow
 def test_codes_under_accelerate_launch_collapse_to_1_status_json_keeps_them(tmp_path):
     """What the README promises for multi-process launches: the launcher exits 1 for every failure, the
     message is printed once, and RUN/status.json holds the state and distgan's own code."""
-    p = train(tmp_path / "d", *SMALL, "optim.lr=1e30", "train.nonfinite=stop", "train.log_every=2",
-              "train.max_steps=10", nproc=2, check=False)
+    p = train(
+        tmp_path / "d",
+        *SMALL,
+        "optim.lr=1e30",
+        "train.nonfinite=stop",
+        "train.log_every=2",
+        "train.max_steps=10",
+        nproc=2,
+        check=False,
+    )
     assert p.returncode == 1
     assert p.stderr.count("distgan: Diverged: non-finite gradients by step 2") == 1
     assert status(tmp_path / "d")["state"] == "diverged" and status(tmp_path / "d")["exit_code"] == 3
@@ -176,8 +239,16 @@ def test_corrupt_checkpoint_auto_falls_back_explicit_fails(small_run, copy_run, 
 @pytest.mark.parametrize("policy", ["skip", "stop"])
 def test_nan_in_d_loss(tmp_path, policy):
     run_dir = tmp_path / "r"
-    p = worker(run_dir, tmp_path / "o", "train.max_steps=12", "train.ckpt_every=5", "train.log_every=4",
-               f"train.nonfinite={policy}", probe=["--nan-steps", "6"], check=False)
+    p = worker(
+        run_dir,
+        tmp_path / "o",
+        "train.max_steps=12",
+        "train.ckpt_every=5",
+        "train.log_every=4",
+        f"train.nonfinite={policy}",
+        probe=["--nan-steps", "6"],
+        check=False,
+    )
     if policy == "skip":
         assert p.returncode == 0, p.stderr[-2000:]
         out = torch.load(tmp_path / "o" / "rank0.pt", weights_only=True)
@@ -203,8 +274,15 @@ def test_nan_in_d_loss(tmp_path, policy):
 
 @pytest.mark.slow
 def test_skip_streak_stops_the_run(tmp_path):
-    p = worker(tmp_path / "r", tmp_path / "o", "train.max_steps=12", "train.log_every=4", "train.max_skip_streak=3",
-               probe=["--nan-steps", "2,3,4,5,6"], check=False)
+    p = worker(
+        tmp_path / "r",
+        tmp_path / "o",
+        "train.max_steps=12",
+        "train.log_every=4",
+        "train.max_skip_streak=3",
+        probe=["--nan-steps", "2,3,4,5,6"],
+        check=False,
+    )
     assert p.returncode == 3, p.stderr[-2000:]
     assert "stopping: 5 consecutive steps with skipped updates (train.max_skip_streak=3)" in p.stderr
 
@@ -220,10 +298,23 @@ def test_full_disk_keeps_the_previous_checkpoint(small_run, copy_run):
     def limit_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    cmd = launch_cmd(1, "-m", "distgan.train", "--config", "configs/debug.yaml", "--run-dir", str(run_dir), *QUIET,
-                     *SMALL, "train.resume=auto", "train.max_steps=30", "train.ckpt_every=10")
-    p = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True,
-                       timeout=300, preexec_fn=limit_size)
+    cmd = launch_cmd(
+        1,
+        "-m",
+        "distgan.train",
+        "--config",
+        "configs/debug.yaml",
+        "--run-dir",
+        str(run_dir),
+        *QUIET,
+        *SMALL,
+        "train.resume=auto",
+        "train.max_steps=30",
+        "train.ckpt_every=10",
+    )
+    p = subprocess.run(
+        cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300, preexec_fn=limit_size
+    )
     assert p.returncode == 2, p.stderr[-2000:]
     assert "writing checkpoint step-000000030" in p.stderr and "File too large" in p.stderr
     assert "checkpoints/latest still names step-000000020" in p.stderr and "Traceback" not in p.stderr
@@ -262,18 +353,35 @@ BAD_INPUT = [
     ("type", ["train.max_steps=many"], "train.max_steps='many' must be an integer"),
     ("nan", ["optim.lr=nan"], "optim.lr=nan must be a finite number"),
     ("inf", ["ema.halflife_images=inf"], "ema.halflife_images=inf must be a finite number"),
-    ("too-small-batch", ["train.batch_size=1", "train.grad_accum=2"],
-     "train.batch_size=1 (global) is smaller than world size 1 x train.grad_accum 2"),
+    (
+        "too-small-batch",
+        ["train.batch_size=1", "train.grad_accum=2"],
+        "train.batch_size=1 (global) is smaller than world size 1 x train.grad_accum 2",
+    ),
     ("batch", ["train.batch_size=50"], "train.batch_size 100 -> 50"),
     ("k", ["train.d_steps=2"], "train.d_steps 1 -> 2"),
     ("seed", ["train.seed=1"], "train.seed 0 -> 1"),
-    ("model", ["model.width=32"], "model.width 64 -> 32. Resume with the checkpoint's values, or continue on purpose "
-                                  "with train.allow_changed=model.width"),
-    ("shape", ["model.width=32", "train.allow_changed=model.width"],
-     "tensor 'net.0.weight' has shape [64, 100] in the checkpoint but [32, 100]"),
-    ("class", ["model.discriminator=dcgan28", "train.allow_changed=model.discriminator"],
-     "does not fit the model of this config: missing ['fc.0.bias'"),
-    ("data", ["data.dataset=webdataset", "data.urls=/nonexistent/s-{0..1}.tar"], "data.dataset 'mnist' -> 'webdataset'"),
+    (
+        "model",
+        ["model.width=32"],
+        "model.width 64 -> 32. Resume with the checkpoint's values, or continue on purpose "
+        "with train.allow_changed=model.width",
+    ),
+    (
+        "shape",
+        ["model.width=32", "train.allow_changed=model.width"],
+        "tensor 'net.0.weight' has shape [64, 100] in the checkpoint but [32, 100]",
+    ),
+    (
+        "class",
+        ["model.discriminator=dcgan28", "train.allow_changed=model.discriminator"],
+        "does not fit the model of this config: missing ['fc.0.bias'",
+    ),
+    (
+        "data",
+        ["data.dataset=webdataset", "data.urls=/nonexistent/s-{0..1}.tar"],
+        "data.dataset 'mnist' -> 'webdataset'",
+    ),
     ("already", ["train.resume=no"], "already holds a run"),
     ("no-path", ["train.resume=/nonexistent/run"], "checkpoint path /nonexistent/run does not exist"),
 ]

@@ -31,8 +31,14 @@ def cluster(tmp_path_factory):
 
 
 def sbatch(cluster, run_dir, log, extra_args=(), overrides=(), wait=False):
-    cmd = ["sbatch", "--parsable", f"--output={log}", "--ntasks-per-node=1", "--cpus-per-task=2",
-           f"--export=ALL,DISTGAN_PYTHON={sys.executable}"]
+    cmd = [
+        "sbatch",
+        "--parsable",
+        f"--output={log}",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=2",
+        f"--export=ALL,DISTGAN_PYTHON={sys.executable}",
+    ]
     cmd += ["--wait"] if wait else []
     cmd += [*extra_args, "slurm/train_cpu.sbatch", "configs/debug.yaml", str(run_dir), *OVERRIDES, *overrides]
     p = cluster.run(cmd, cwd=REPO, timeout=400, env=child_env())
@@ -55,9 +61,18 @@ def test_preemption_checkpoints_requeues_and_finishes(cluster, tmp_path):
     checkpoint -> the job requeues itself -> the requeued job resumes with the same W&B run and finishes."""
     run_dir, log = tmp_path / "run", tmp_path / "job.log"
     steps = 150
-    p = sbatch(cluster, run_dir, log, overrides=[f"train.max_steps={steps}", "train.ckpt_every=1000",
-                                                 "train.log_every=5",
-                                                 "train.sample_every=1000", "wandb.mode=offline"])
+    p = sbatch(
+        cluster,
+        run_dir,
+        log,
+        overrides=[
+            f"train.max_steps={steps}",
+            "train.ckpt_every=1000",
+            "train.log_every=5",
+            "train.sample_every=1000",
+            "wandb.mode=offline",
+        ],
+    )
     assert p.returncode == 0, p.stderr
     job = p.stdout.strip().split(";")[0]
     metrics = run_dir / "metrics.jsonl"

@@ -44,8 +44,20 @@ def folder(tmp_path_factory):
 def shards(folder, tmp_path_factory):
     root, _, _ = folder
     out = tmp_path_factory.mktemp("shards")
-    p = run(["distgan.data.make_shards", "--from", str(root), "--out", str(out), "--size", "32", "--shard-size", "3",
-             "--no-progress"])
+    p = run(
+        [
+            "distgan.data.make_shards",
+            "--from",
+            str(root),
+            "--out",
+            str(out),
+            "--size",
+            "32",
+            "--shard-size",
+            "3",
+            "--no-progress",
+        ]
+    )
     return out, p
 
 
@@ -59,8 +71,10 @@ def test_shards_read_back_identically(folder, shards):
     x, y, skipped = read_all(urls, (3, 32, 32))
     assert skipped == 0 and x.shape == (23, 3, 32, 32) and x.dtype == torch.uint8
     assert torch.equal(x, images) and torch.equal(y, labels)
-    again = run(["distgan.data.make_shards", "--from", str(folder[0]), "--out", str(out), "--size", "32", "--no-progress"],
-                check=False)
+    again = run(
+        ["distgan.data.make_shards", "--from", str(folder[0]), "--out", str(out), "--size", "32", "--no-progress"],
+        check=False,
+    )
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert len(list(out.glob("train-*.tar"))) == 8, "a refused write must leave the shards alone"
 
@@ -82,8 +96,18 @@ def test_resampled_mode_gives_every_rank_the_same_batch_count(shards):
     urls = expand_urls(str(out / "train-000000.tar"))  # one shard, 2 ranks x 2 workers: exact mode would starve
     counts = []
     for rank in range(2):
-        ds = ShardStream(urls, "resampled", 4, (3, 32, 32), rank=rank, world=2, seed=0, shuffle_buffer=10,
-                         epoch_batches=5, num_workers=2)
+        ds = ShardStream(
+            urls,
+            "resampled",
+            4,
+            (3, 32, 32),
+            rank=rank,
+            world=2,
+            seed=0,
+            shuffle_buffer=10,
+            epoch_batches=5,
+            num_workers=2,
+        )
         counts.append(sum(1 for _ in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)))
     assert counts == [6, 6]  # ceil(5 / 2 workers) batches per worker
 
@@ -118,7 +142,7 @@ def test_corrupt_and_truncated_samples_are_skipped_and_counted(tmp_path):
     with tarfile.open(path) as t:
         last = t.getmembers()[-1]
     cut = tmp_path / "train-000001.tar"
-    cut.write_bytes(data[:last.offset_data + 10])
+    cut.write_bytes(data[: last.offset_data + 10])
     with pytest.warns(UserWarning, match="skipping"):
         x, _, skipped = read_all([str(cut)], (3, 32, 32))
     assert x.shape[0] == 1 and skipped >= 2  # "a" read; "broken" and the cut "c" skipped
@@ -129,25 +153,70 @@ def test_missing_shard_or_empty_pattern_fails_at_start(tmp_path):
         check_urls([str(tmp_path / "train-000003.tar")])
     with pytest.raises(DataError, match="data.urls is empty"):
         expand_urls("  ")
-    p = run(["distgan.train", "--config", "configs/webdataset_64.yaml", "--run-dir", str(tmp_path / "r"),
-             f"data.urls={tmp_path}/train-{{000000..000003}}.tar"], check=False)
+    p = run(
+        [
+            "distgan.train",
+            "--config",
+            "configs/webdataset_64.yaml",
+            "--run-dir",
+            str(tmp_path / "r"),
+            f"data.urls={tmp_path}/train-{{000000..000003}}.tar",
+        ],
+        check=False,
+    )
     assert p.returncode == 2 and "train-000000.tar" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "r").exists()
 
 
-TINY_64 = ["train.progress=false", "model.width=8", "model.z_dim=16", "train.batch_size=8", "train.max_steps=4",
-           "train.ckpt_every=2", "train.log_every=2", "train.sample_every=2", "data.workers=1", "data.shuffle_buffer=8",
-           "wandb.mode=disabled"]
+TINY_64 = [
+    "train.progress=false",
+    "model.width=8",
+    "model.z_dim=16",
+    "train.batch_size=8",
+    "train.max_steps=4",
+    "train.ckpt_every=2",
+    "train.log_every=2",
+    "train.sample_every=2",
+    "data.workers=1",
+    "data.shuffle_buffer=8",
+    "wandb.mode=disabled",
+]
 
 
 def test_short_64px_training_from_shards(folder, tmp_path):
     shards = tmp_path / "s64"
-    run(["distgan.data.make_shards", "--from", str(folder[0]), "--out", str(shards), "--size", "64", "--shard-size", "8",
-         "--format", "jpg", "--no-progress"])
+    run(
+        [
+            "distgan.data.make_shards",
+            "--from",
+            str(folder[0]),
+            "--out",
+            str(shards),
+            "--size",
+            "64",
+            "--shard-size",
+            "8",
+            "--format",
+            "jpg",
+            "--no-progress",
+        ]
+    )
     run_dir = tmp_path / "run"
-    run(["distgan.train", "--config", "configs/webdataset_64.yaml", "--run-dir", str(run_dir),
-         f"data.urls={shards}/train-{{000000..000002}}.tar", "model.d_spectral_norm=true", "loss.name=hinge",
-         "loss.r1_gamma=1", "loss.r1_every=2", *TINY_64])
+    run(
+        [
+            "distgan.train",
+            "--config",
+            "configs/webdataset_64.yaml",
+            "--run-dir",
+            str(run_dir),
+            f"data.urls={shards}/train-{{000000..000002}}.tar",
+            "model.d_spectral_norm=true",
+            "loss.name=hinge",
+            "loss.r1_gamma=1",
+            "loss.r1_every=2",
+            *TINY_64,
+        ]
+    )
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000000004"
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["data/skipped"] == 0 and "loss/R1" in rows[-1] and np.isfinite(rows[-1]["loss/R1"])
@@ -159,11 +228,35 @@ def test_short_64px_training_from_shards(folder, tmp_path):
 @pytest.mark.slow
 def test_two_ranks_train_from_fewer_shards_than_readers(folder, tmp_path):
     shards = tmp_path / "s32"
-    run(["distgan.data.make_shards", "--from", str(folder[0]), "--out", str(shards), "--size", "32", "--shard-size", "50",
-         "--no-progress"])
-    p = run(["distgan.train", "--config", "configs/webdataset_64.yaml", "--run-dir", str(tmp_path / "run"),
-             f"data.urls={shards}/train-000000.tar", "data.image_size=32", "runtime.pg_timeout_s=60",
-             "train.consistency_every=2", *TINY_64], nproc=2)
+    run(
+        [
+            "distgan.data.make_shards",
+            "--from",
+            str(folder[0]),
+            "--out",
+            str(shards),
+            "--size",
+            "32",
+            "--shard-size",
+            "50",
+            "--no-progress",
+        ]
+    )
+    p = run(
+        [
+            "distgan.train",
+            "--config",
+            "configs/webdataset_64.yaml",
+            "--run-dir",
+            str(tmp_path / "run"),
+            f"data.urls={shards}/train-000000.tar",
+            "data.image_size=32",
+            "runtime.pg_timeout_s=60",
+            "train.consistency_every=2",
+            *TINY_64,
+        ],
+        nproc=2,
+    )
     assert "world size 2" in p.stdout
     assert (tmp_path / "run" / "checkpoints" / "step-000000004").is_dir()
 
@@ -181,8 +274,19 @@ def test_training_over_a_corrupt_sample_counts_it(tmp_path):
             w.write({"__key__": f"{i:03d}", "png": png, "cls": b"0"})
     run_dir = tmp_path / "run"
     with pytest.warns(UserWarning, match="skipping unreadable data .* key 004"):
-        run(["distgan.train", "--config", "configs/webdataset_64.yaml", "--run-dir", str(run_dir), f"data.urls={path}",
-             "data.image_size=32", *TINY_64, "data.workers=0"])
+        run(
+            [
+                "distgan.train",
+                "--config",
+                "configs/webdataset_64.yaml",
+                "--run-dir",
+                str(run_dir),
+                f"data.urls={path}",
+                "data.image_size=32",
+                *TINY_64,
+                "data.workers=0",
+            ]
+        )
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 4 and rows[-1]["data/skipped"] >= 1
 
@@ -190,8 +294,18 @@ def test_training_over_a_corrupt_sample_counts_it(tmp_path):
 def test_shards_of_another_image_size_fail_at_start(folder, shards, tmp_path):
     out, _ = shards  # 32x32 shards
     url = str(out / "train-{000000..000007}.tar")
-    p = run(["distgan.train", "--config", "configs/webdataset_64.yaml", "--run-dir", str(tmp_path / "r"),
-             f"data.urls={url}", *TINY_64], check=False)
+    p = run(
+        [
+            "distgan.train",
+            "--config",
+            "configs/webdataset_64.yaml",
+            "--run-dir",
+            str(tmp_path / "r"),
+            f"data.urls={url}",
+            *TINY_64,
+        ],
+        check=False,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert f"shard {out / 'train-000000.tar'} holds 32x32 images" in p.stderr and "data.image_size=64" in p.stderr
     assert not (tmp_path / "r").exists()
@@ -201,8 +315,20 @@ def test_stacked_mnist_shards_and_mode_metric(tmp_path, data_dir):
     from distgan.metrics.suite import compute
 
     out = tmp_path / "stacked"
-    run(["distgan.data.make_shards", "--from", "stacked_mnist", "--out", str(out), "--num", "300", "--shard-size", "100",
-         "--no-progress"])
+    run(
+        [
+            "distgan.data.make_shards",
+            "--from",
+            "stacked_mnist",
+            "--out",
+            str(out),
+            "--num",
+            "300",
+            "--shard-size",
+            "100",
+            "--no-progress",
+        ]
+    )
     x, y, _ = read_all(expand_urls(str(out / "train-{000000..000002}.tar")), (3, 28, 28))
     assert x.shape == (300, 3, 28, 28) and int(y.max()) < 1000
     res = compute(x, ("stacked",), data_dir)
@@ -210,7 +336,7 @@ def test_stacked_mnist_shards_and_mode_metric(tmp_path, data_dir):
     # through the triples it misreads, and each misread triple moves the count by at most one.
     from distgan.metrics.classifier import features_and_probs
 
-    pred = sum(features_and_probs(x[:, c:c + 1].contiguous())[1].argmax(1) * 10 ** (2 - c) for c in range(3))
+    pred = sum(features_and_probs(x[:, c : c + 1].contiguous())[1].argmax(1) * 10 ** (2 - c) for c in range(3))
     misread = int((pred != y).sum())
     assert misread <= 9, misread  # 3 digits x 300 at the classifier's 99.3%: ~6 expected
     assert res["stacked_num"] == 300 and abs(res["stacked_modes"] - len(set(y.tolist()))) <= misread

@@ -15,15 +15,40 @@ CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     d = tmp_path_factory.mktemp("shards")
-    call("distgan.data.make_shards", "--from", "mnist", "--out", str(d / "m64"), "--size", "64", "--channels", "3",
-         "--split", "test", "--shard-size", "100", "--no-progress")  # 10,000 in 100 shards; 2 are read
-    call("distgan.data.make_shards", "--from", "stacked_mnist", "--out", str(d / "st"), "--num", "400",
-         "--shard-size", "100", "--no-progress")
+    call(
+        "distgan.data.make_shards",
+        "--from",
+        "mnist",
+        "--out",
+        str(d / "m64"),
+        "--size",
+        "64",
+        "--channels",
+        "3",
+        "--split",
+        "test",
+        "--shard-size",
+        "100",
+        "--no-progress",
+    )  # 10,000 in 100 shards; 2 are read
+    call(
+        "distgan.data.make_shards",
+        "--from",
+        "stacked_mnist",
+        "--out",
+        str(d / "st"),
+        "--num",
+        "400",
+        "--shard-size",
+        "100",
+        "--no-progress",
+    )
     return str(d / "m64" / "test-{000000..000001}.tar"), str(d / "st" / "train-{000000..000003}.tar")
 
 
-@pytest.mark.parametrize("world, names", [(3, [*CONFIGS, "webdataset_64_in_memory"]), (8, CONFIGS)],
-                         ids=["3-ranks", "8-ranks"])
+@pytest.mark.parametrize(
+    "world, names", [(3, [*CONFIGS, "webdataset_64_in_memory"]), (8, CONFIGS)], ids=["3-ranks", "8-ranks"]
+)
 def test_every_config_trains_on_odd_and_large_world_sizes(tmp_path, shards, world, names):
     from distgan.config import load
     from distgan.data.sampler import split
@@ -36,6 +61,9 @@ def test_every_config_trains_on_odd_and_large_world_sizes(tmp_path, shards, worl
         assert res["world"] == world and res["step"] == 2, name
         assert res["rank_sizes"] == split(batch, world) and sum(res["rank_sizes"]) == batch, name
         assert max(res["rank_sizes"]) - min(res["rank_sizes"]) <= 1
-        assert math.isfinite(res["loss/D"]) and res["images_seen"] == 2 * batch * load(
-            REPO / "configs" / f"{name.replace('_in_memory', '')}.yaml", env={}).train.d_steps
+        assert (
+            math.isfinite(res["loss/D"])
+            and res["images_seen"]
+            == 2 * batch * load(REPO / "configs" / f"{name.replace('_in_memory', '')}.yaml", env={}).train.d_steps
+        )
         assert (tmp_path / "runs" / name / "checkpoints" / "step-000000002" / "manifest.json").exists()

@@ -7,18 +7,21 @@ from distgan.bench import format_table, gpu_peak, precision_label, trainer_rows
 from distgan.config import load
 
 
-@pytest.mark.parametrize("name, prec, part, peak", [
-    ("NVIDIA H100 80GB HBM3", "bf16", "H100 SXM", 989.0),
-    ("NVIDIA H100 80GB HBM3", "fp32", "H100 SXM", 67.0),  # TF32 off: the CUDA cores' rate, not 494
-    ("NVIDIA H100 80GB HBM3", "tf32", "H100 SXM", 494.0),
-    ("NVIDIA H100 PCIe", "bf16", "H100 PCIe", 756.0),  # not the SXM part's 989
-    ("NVIDIA H100 PCIe", "tf32", "H100 PCIe", 378.0),
-    ("NVIDIA H100 NVL", "fp16", "H100 NVL", 835.0),
-    ("NVIDIA H200", "bf16", "H200 SXM", 989.0),
-    ("NVIDIA H200 NVL", "bf16", "H200 NVL", 835.0),
-    ("NVIDIA A100-SXM4-80GB", "fp32", "A100", 19.5),
-    ("NVIDIA A100 80GB PCIe", "tf32", "A100", 156.0),
-])
+@pytest.mark.parametrize(
+    "name, prec, part, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", "H100 SXM", 989.0),
+        ("NVIDIA H100 80GB HBM3", "fp32", "H100 SXM", 67.0),  # TF32 off: the CUDA cores' rate, not 494
+        ("NVIDIA H100 80GB HBM3", "tf32", "H100 SXM", 494.0),
+        ("NVIDIA H100 PCIe", "bf16", "H100 PCIe", 756.0),  # not the SXM part's 989
+        ("NVIDIA H100 PCIe", "tf32", "H100 PCIe", 378.0),
+        ("NVIDIA H100 NVL", "fp16", "H100 NVL", 835.0),
+        ("NVIDIA H200", "bf16", "H200 SXM", 989.0),
+        ("NVIDIA H200 NVL", "bf16", "H200 NVL", 835.0),
+        ("NVIDIA A100-SXM4-80GB", "fp32", "A100", 19.5),
+        ("NVIDIA A100 80GB PCIe", "tf32", "A100", 156.0),
+    ],
+)
 def test_gpu_peaks_by_part_and_precision(name, prec, part, peak):
     assert gpu_peak(name, prec) == (part, peak)
 
@@ -39,17 +42,30 @@ def test_precision_labels():
 
 
 def _row(s_per_step, flops, precision, **kw):
-    return {"s_per_step": s_per_step, "flops_step": flops, "precision": precision, "phases_ms": {"data": 0, "D": 0, "G": 0},
-            "peak_mem_mb": 100.0, "torch": "2.x", "threads": 16, "device": "cuda:0", "gpu": "NVIDIA H100 PCIe",
-            "kernels_step": 160, "host_ms": 1.0, **kw}
+    return {
+        "s_per_step": s_per_step,
+        "flops_step": flops,
+        "precision": precision,
+        "phases_ms": {"data": 0, "D": 0, "G": 0},
+        "peak_mem_mb": 100.0,
+        "torch": "2.x",
+        "threads": 16,
+        "device": "cuda:0",
+        "gpu": "NVIDIA H100 PCIe",
+        "kernels_step": 160,
+        "host_ms": 1.0,
+        **kw,
+    }
 
 
 def test_percent_of_peak_and_a_compiled_row_alone():
     cfg = load("configs/mnist_paper.yaml", env={})
     rows = [("textbook", "eager", []), ("trainer", "compiled", [])]
     # 3.57 GFLOP per step in 1 ms: 3.57 TFLOP/s; of the PCIe part's bf16 peak (756): 0.47%
-    med = {0: _row(4e-3, 3.8e9, "fp32", gemm_gflops=1000.0, host_ms=None),
-           1: _row(1e-3, 3.57e9, "bf16", compile_s=30.0)}
+    med = {
+        0: _row(4e-3, 3.8e9, "fp32", gemm_gflops=1000.0, host_ms=None),
+        1: _row(1e-3, 3.57e9, "bf16", compile_s=30.0),
+    }
     text = format_table("configs/mnist_paper.yaml", cfg, rows, med, 100, 1)
     line = next(x for x in text.splitlines() if x.startswith("trainer"))
     assert " 3.570 " in line and " 0.47 " in line and "30.0" in line
@@ -62,8 +78,12 @@ def test_percent_of_peak_and_a_compiled_row_alone():
 
 def test_trainer_rows_and_bad_values():
     rows = trainer_rows("no,bf16", "off,reduce-overhead")
-    assert [(m, ov[0]) for _, m, ov in rows] == [("eager", "runtime.precision=no"), ("cudagraph", "runtime.precision=no"),
-                                                  ("eager", "runtime.precision=bf16"), ("cudagraph", "runtime.precision=bf16")]
+    assert [(m, ov[0]) for _, m, ov in rows] == [
+        ("eager", "runtime.precision=no"),
+        ("cudagraph", "runtime.precision=no"),
+        ("eager", "runtime.precision=bf16"),
+        ("cudagraph", "runtime.precision=bf16"),
+    ]
     assert len(trainer_rows("no", "both")) == 2
     with pytest.raises(ValueError, match="fp8"):
         trainer_rows("fp8", "off")

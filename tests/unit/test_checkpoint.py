@@ -9,8 +9,14 @@ from distgan import checkpoint as C
 
 
 def _write(root, step, net, keep=3):
-    return C.save(root, step, {"G.safetensors": C.plain_state_dict(net)}, {"step": step, "opt": {"lr": 0.1}},
-                  {"config": {}}, keep_last=keep)
+    return C.save(
+        root,
+        step,
+        {"G.safetensors": C.plain_state_dict(net)},
+        {"step": step, "opt": {"lr": 0.1}},
+        {"config": {}},
+        keep_last=keep,
+    )
 
 
 def test_round_trip_with_plain_names(tmp_path):
@@ -41,8 +47,15 @@ def test_best_survives_pruning_and_is_replaced_only_when_complete(tmp_path):
     for s in (1, 2, 3, 4, 5):
         _write(tmp_path, s, net, keep=2)
         if s in (2, 4):  # a new best at steps 2 and 4
-            C.save(tmp_path, s, {"G.safetensors": C.plain_state_dict(net)}, {"step": s}, {"best": {"step": s}},
-                   keep_last=2, name="best")
+            C.save(
+                tmp_path,
+                s,
+                {"G.safetensors": C.plain_state_dict(net)},
+                {"step": s},
+                {"best": {"step": s}},
+                keep_last=2,
+                name="best",
+            )
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["best", "latest", C.step_dirname(4), C.step_dirname(5)]
     assert C.verify(tmp_path / "best")["best"] == {"step": 4}
@@ -100,8 +113,9 @@ def test_failed_write_leaves_previous_checkpoint_and_latest(tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))  # below G.safetensors (263 kB)
     try:
-        with pytest.raises(C.CheckpointError, match="writing checkpoint step-000000002 .* failed: .*latest still "
-                                                    "names step-000000001"):
+        with pytest.raises(
+            C.CheckpointError, match="writing checkpoint step-000000002 .* failed: .*latest still names step-000000001"
+        ):
             _write(tmp_path, 2, net)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
@@ -117,6 +131,8 @@ def test_latest_naming_a_missing_checkpoint_is_an_error(tmp_path):
     import shutil
 
     shutil.rmtree(tmp_path / C.step_dirname(2))
-    with pytest.raises(C.CheckpointError, match="names 'step-000000002', which is not a checkpoint directory .* "
-                                                "the newest one present is step-000000001"):
+    with pytest.raises(
+        C.CheckpointError,
+        match="names 'step-000000002', which is not a checkpoint directory .* the newest one present is step-000000001",
+    ):
         C.find_latest_good(tmp_path)

@@ -20,8 +20,18 @@ def test_configs_exist():
 
 
 def test_overrides_are_typed(tmp_path):
-    cfg = load(None, ["train.max_steps=200", "optim.lr=0.05", "ema.enabled=false", "optim.betas=[0.0,0.99]",
-                      "train.resume=auto", "wandb.name=123"], env={})
+    cfg = load(
+        None,
+        [
+            "train.max_steps=200",
+            "optim.lr=0.05",
+            "ema.enabled=false",
+            "optim.betas=[0.0,0.99]",
+            "train.resume=auto",
+            "wandb.name=123",
+        ],
+        env={},
+    )
     assert cfg.train.max_steps == 200 and isinstance(cfg.train.max_steps, int)
     assert cfg.optim.lr == 0.05 and isinstance(cfg.optim.lr, float)
     assert cfg.ema.enabled is False
@@ -40,28 +50,31 @@ def test_precedence_cli_over_env_over_yaml(tmp_path):
     assert cfg.train.max_steps == 7
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["train.max_stepz=3"], "unknown config key train.max_stepz"),
-    (["trian.max_steps=3"], "unknown config section 'trian'"),
-    (["train.max_steps=abc"], "train.max_steps='abc' must be an integer"),
-    (["train.max_steps=0"], "train.max_steps=0 must be > 0"),
-    (["optim.lr=fast"], "optim.lr='fast' must be a number"),
-    (["optim.name=rmsprop"], "optim.name='rmsprop' is not allowed"),
-    (["model.generator=paper_mlpp"], "model.generator='paper_mlpp' is not allowed"),
-    (["loss.name=wgan"], "loss.name='wgan' is not allowed"),
-    (["runtime.precision=fp8"], "runtime.precision='fp8' is not allowed"),
-    (["runtime.precision=fp16", "runtime.cpu=true"], "fp16 needs a GPU"),
-    (["ema.enabled=maybe"], "ema.enabled='maybe' must be a boolean"),
-    (["optim.betas=[0.5]"], "optim.betas"),
-    (["optim.lr_decay=0.9"], "optim.lr_decay=0.9 must be >= 1"),
-    (["optim.lr=nan"], "optim.lr=nan must be a finite number"),
-    (["optim.lr=inf"], "optim.lr=inf must be a finite number"),
-    (["optim.betas=[0.5,nan]"], "optim.betas[1]=nan must be a finite number"),
-    (["loss.r1_gamma=-inf"], "loss.r1_gamma=-inf must be a finite number"),
-    (["train.allow_changed=optim.lr"], "train.allow_changed: 'optim.lr' is not an identity key"),
-    (["max_steps=3"], "must look like section.key=value"),
-    (["train.max_steps"], "must look like section.key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.max_stepz=3"], "unknown config key train.max_stepz"),
+        (["trian.max_steps=3"], "unknown config section 'trian'"),
+        (["train.max_steps=abc"], "train.max_steps='abc' must be an integer"),
+        (["train.max_steps=0"], "train.max_steps=0 must be > 0"),
+        (["optim.lr=fast"], "optim.lr='fast' must be a number"),
+        (["optim.name=rmsprop"], "optim.name='rmsprop' is not allowed"),
+        (["model.generator=paper_mlpp"], "model.generator='paper_mlpp' is not allowed"),
+        (["loss.name=wgan"], "loss.name='wgan' is not allowed"),
+        (["runtime.precision=fp8"], "runtime.precision='fp8' is not allowed"),
+        (["runtime.precision=fp16", "runtime.cpu=true"], "fp16 needs a GPU"),
+        (["ema.enabled=maybe"], "ema.enabled='maybe' must be a boolean"),
+        (["optim.betas=[0.5]"], "optim.betas"),
+        (["optim.lr_decay=0.9"], "optim.lr_decay=0.9 must be >= 1"),
+        (["optim.lr=nan"], "optim.lr=nan must be a finite number"),
+        (["optim.lr=inf"], "optim.lr=inf must be a finite number"),
+        (["optim.betas=[0.5,nan]"], "optim.betas[1]=nan must be a finite number"),
+        (["loss.r1_gamma=-inf"], "loss.r1_gamma=-inf must be a finite number"),
+        (["train.allow_changed=optim.lr"], "train.allow_changed: 'optim.lr' is not an identity key"),
+        (["max_steps=3"], "must look like section.key=value"),
+        (["train.max_steps"], "must look like section.key=value"),
+    ],
+)
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=None) as e:
         load(None, overrides, env={})
@@ -97,8 +110,12 @@ def test_every_float_key_refuses_nan_from_yaml(tmp_path):
 
     from distgan.config import Config
 
-    floats = [f"{s.name}.{f.name}" for s in dataclasses.fields(Config)
-              for f in dataclasses.fields(typing.get_type_hints(Config)[s.name]) if f.type in (float, "float")]
+    floats = [
+        f"{s.name}.{f.name}"
+        for s in dataclasses.fields(Config)
+        for f in dataclasses.fields(typing.get_type_hints(Config)[s.name])
+        if f.type in (float, "float")
+    ]
     assert len(floats) >= 10
     for key in floats:
         section, name = key.split(".")
@@ -117,3 +134,21 @@ def test_wandb_mode_environment_sits_between_yaml_and_command_line(tmp_path):
     assert load(y, ["wandb.mode=disabled"], env={"WANDB_MODE": "offline"}).wandb.mode == "disabled"
     with pytest.raises(ConfigError, match="WANDB_MODE='sometimes' is not a W&B mode"):
         load(y, env={"WANDB_MODE": "sometimes"})
+
+
+def test_config_reference_is_complete_and_docs_config_md_is_in_sync():
+    """Every key has a docstring; docs/config.md is what `python -m distgan.train --help-config` prints
+    (regenerate it with that command after changing a field)."""
+    import dataclasses
+    import typing
+
+    from distgan.config import field_docs, reference
+
+    for sec in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[sec.name]
+        missing = [f.name for f in dataclasses.fields(cls) if not field_docs(cls).get(f.name)]
+        assert not missing, f"{sec.name}: fields without a docstring: {missing}"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    assert docs.read_text() == reference() + "\n", (
+        "docs/config.md is stale: python -m distgan.train --help-config > docs/config.md"
+    )

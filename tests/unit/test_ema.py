@@ -8,13 +8,13 @@ from distgan.ema import ema_beta, make_ema, recalibrate_batchnorm, update_ema
 
 def test_halflife_in_images():
     beta = ema_beta(batch_images=100, halflife_images=1000)
-    assert math.isclose(beta ** 10, 0.5, rel_tol=1e-9)  # 10 updates of 100 images = one half-life
+    assert math.isclose(beta**10, 0.5, rel_tol=1e-9)  # 10 updates of 100 images = one half-life
 
 
 def test_rampup_caps_halflife_early():
-    early = ema_beta(100, 10_000, images_seen=1000, rampup=0.05)   # half-life capped at 50 images
+    early = ema_beta(100, 10_000, images_seen=1000, rampup=0.05)  # half-life capped at 50 images
     late = ema_beta(100, 10_000, images_seen=10**7, rampup=0.05)
-    assert math.isclose(early, 0.5 ** 2, rel_tol=1e-9)
+    assert math.isclose(early, 0.5**2, rel_tol=1e-9)
     assert math.isclose(late, 0.5 ** (100 / 10_000), rel_tol=1e-9)
 
 
@@ -75,17 +75,29 @@ def test_trainer_recalibrates_only_the_average_and_only_for_output(tmp_path, dat
     from distgan.config import load
     from distgan.trainer import Trainer
 
-    common = ["model.generator=dcgan28", "model.discriminator=dcgan28", "model.width=8", "model.noise=normal",
-              "train.batch_size=16", "train.max_steps=4", "train.sample_every=2", "train.ckpt_every=2",
-              "train.log_every=2", "train.progress=false", "wandb.mode=disabled"]
+    common = [
+        "model.generator=dcgan28",
+        "model.discriminator=dcgan28",
+        "model.width=8",
+        "model.noise=normal",
+        "train.batch_size=16",
+        "train.max_steps=4",
+        "train.sample_every=2",
+        "train.ckpt_every=2",
+        "train.log_every=2",
+        "train.progress=false",
+        "wandb.mode=disabled",
+    ]
     runs = {}
     for n in (0, 5):
         cfg = load(None, [*common, f"ema.bn_batches={n}"], env={"DISTGAN_DATA_DIR": data_dir})
         runs[n] = Trainer(cfg, tmp_path / f"bn{n}")
         runs[n].train()
     a, b = runs[0], runs[5]
-    for x, y in zip([*a.G.module.state_dict().values(), *a.D.module.state_dict().values()],
-                    [*b.G.module.state_dict().values(), *b.D.module.state_dict().values()]):
+    for x, y in zip(
+        [*a.G.module.state_dict().values(), *a.D.module.state_dict().values()],
+        [*b.G.module.state_dict().values(), *b.D.module.state_dict().values()],
+    ):
         assert torch.equal(x, y)
     for x, y in zip(a.G_ema.parameters(), b.G_ema.parameters()):
         assert torch.equal(x, y)

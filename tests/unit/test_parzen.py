@@ -9,8 +9,9 @@ from distgan.metrics.parzen import nearest_neighbour_check, parzen, parzen_ll_fr
 def brute_parzen_ll(x, samples, sigma):
     """log (1/N) sum_i N(x; s_i, sigma^2 I), written out term by term in float64 numpy."""
     d = x.shape[0]
-    terms = [-np.sum((x - s) ** 2) / (2 * sigma**2) - d * math.log(sigma) - d / 2 * math.log(2 * math.pi)
-             for s in samples]
+    terms = [
+        -np.sum((x - s) ** 2) / (2 * sigma**2) - d * math.log(sigma) - d / 2 * math.log(2 * math.pi) for s in samples
+    ]
     m = max(terms)
     return m + math.log(sum(math.exp(t - m) for t in terms) / len(samples))
 
@@ -29,7 +30,9 @@ def test_sigma_is_chosen_on_validation_and_reported_on_test():
     samples, valid, test = torch.rand(20, 6, generator=g), torch.rand(9, 6, generator=g), torch.rand(11, 6, generator=g)
     sigmas = np.logspace(-1, 0, 10)
     res = parzen(samples, valid, test, sigmas)
-    valid_scores = [np.mean([brute_parzen_ll(v.double().numpy(), samples.double().numpy(), s) for v in valid]) for s in sigmas]
+    valid_scores = [
+        np.mean([brute_parzen_ll(v.double().numpy(), samples.double().numpy(), s) for v in valid]) for s in sigmas
+    ]
     best = sigmas[int(np.argmax(valid_scores))]
     assert math.isclose(res["parzen_sigma"], best)
     lls = [brute_parzen_ll(t.double().numpy(), samples.double().numpy(), best) for t in test]
@@ -52,7 +55,7 @@ def test_nearest_distances_exact_against_brute_force():
     from distgan.metrics.parzen import nearest_distances
 
     g = torch.Generator().manual_seed(3)
-    b = (torch.randint(0, 256, (300, 784), generator=g).float() / 255.0)
+    b = torch.randint(0, 256, (300, 784), generator=g).float() / 255.0
     a = torch.cat([b[:5], b[5:10] + 0.0, torch.rand(40, 784, generator=g)])
     a[5:10, 0] += 1 / 255.0  # near-ties
     brute = ((a.double()[:, None, :] - b.double()[None]) ** 2).sum(-1).min(1).values.sqrt()

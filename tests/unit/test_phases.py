@@ -9,8 +9,11 @@ from distgan.trainer import Trainer
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory, data_dir):
-    cfg = load(None, ["train.d_steps=2", "train.batch_size=20", "train.progress=false", "wandb.mode=disabled"],
-               env={"DISTGAN_DATA_DIR": data_dir})
+    cfg = load(
+        None,
+        ["train.d_steps=2", "train.batch_size=20", "train.progress=false", "wandb.mode=disabled"],
+        env={"DISTGAN_DATA_DIR": data_dir},
+    )
     return Trainer(cfg, tmp_path_factory.mktemp("run"))
 
 
@@ -43,8 +46,10 @@ def test_g_step_changes_g_not_d(trainer):
 
 def test_k_d_updates_then_one_g_update_on_fresh_batches(trainer):
     order, batches, noises = [], [], []
-    hooks = [trainer.D.opt.register_step_post_hook(lambda *a: order.append("D")),
-             trainer.G.opt.register_step_post_hook(lambda *a: order.append("G"))]
+    hooks = [
+        trainer.D.opt.register_step_post_hook(lambda *a: order.append("D")),
+        trainer.G.opt.register_step_post_hook(lambda *a: order.append("G")),
+    ]
     real_batch, noise = trainer.real_batch, trainer.noise
     trainer.real_batch = lambda j, m: batches.append(j) or real_batch(j, m)
     trainer.noise = lambda n: noises.append(noise(n)) or noises[-1]
@@ -57,7 +62,7 @@ def test_k_d_updates_then_one_g_update_on_fresh_batches(trainer):
         del trainer.real_batch, trainer.noise
     assert order == ["D", "D", "G", "D", "D", "G"]
     assert batches == [6, 7, 8, 9]  # a fresh global batch for every D update
-    assert len(noises) == 6 and all(not torch.equal(a, b) for i, a in enumerate(noises) for b in noises[i + 1:])
+    assert len(noises) == 6 and all(not torch.equal(a, b) for i, a in enumerate(noises) for b in noises[i + 1 :])
 
 
 def test_step_is_reproducible_from_seed_rank_step(trainer):
@@ -70,8 +75,10 @@ def test_step_is_reproducible_from_seed_rank_step(trainer):
     g_opt, d_opt = copy.deepcopy(g_opt), copy.deepcopy(d_opt)
     trainer.train_step(10)
     after = [p.clone() for p in trainer.G.module.parameters()]
-    trainer.G.module.load_state_dict(state); trainer.D.module.load_state_dict(d_state)
-    trainer.G.opt.load_state_dict(g_opt); trainer.D.opt.load_state_dict(d_opt)
+    trainer.G.module.load_state_dict(state)
+    trainer.D.module.load_state_dict(d_state)
+    trainer.G.opt.load_state_dict(g_opt)
+    trainer.D.opt.load_state_dict(d_opt)
     torch.manual_seed(999)
     trainer.train_step(10)
     for a, b in zip(after, trainer.G.module.parameters()):

@@ -15,7 +15,9 @@ def make(tmp_path, name, data_dir, extra=()):
 
 
 def params(tr):
-    return {f"G.{k}": v for k, v in tr.G.module.named_parameters()} | {f"D.{k}": v for k, v in tr.D.module.named_parameters()}
+    return {f"G.{k}": v for k, v in tr.G.module.named_parameters()} | {
+        f"D.{k}": v for k, v in tr.D.module.named_parameters()
+    }
 
 
 @pytest.mark.slow
@@ -37,7 +39,8 @@ def test_compiled_equals_eager_after_every_step(tmp_path, data_dir):
         graphs.append(counters["stats"]["unique_graphs"])
         pe, pc = params(eager), params(comp)
         for k in pe:
-            torch.testing.assert_close(pc[k], pe[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"step {step} {k}: {m}")
+            where = f"step {step} {k}"
+            torch.testing.assert_close(pc[k], pe[k], rtol=1e-4, atol=1e-5, msg=lambda m, where=where: f"{where}: {m}")
             assert not torch.equal(pc[k], prev[k]), f"step {step}: compiled {k} got no update"
         prev = {k: v.detach().clone() for k, v in pc.items()}
     # The compiler really ran (a silent fallback to eager would compare eager with eager): dynamo captured
@@ -64,7 +67,7 @@ def test_fp16_overflow_in_d_skips_only_d_and_is_not_divergence(tmp_path, data_di
     tr = make(tmp_path, "s", data_dir, FP16)
     assert tr.precision == "fp16" and tr.G.scaler is not tr.D.scaler
     tr.train_step(0)  # the scalers' scales exist from their first use on
-    tr.D.scaler.update(new_scale=2.0 ** 120)  # fp16 gradients times 2**120: inf
+    tr.D.scaler.update(new_scale=2.0**120)  # fp16 gradients times 2**120: inf
     g_scale = tr.G.scaler.get_scale()
     d0, g0 = snap(tr.D.module), snap(tr.G.module)
     n = tr.micro_sizes[0]
@@ -72,7 +75,7 @@ def test_fp16_overflow_in_d_skips_only_d_and_is_not_divergence(tmp_path, data_di
     tr.gan.g_step([tr.noise(n)])
     assert same(d0, tr.D.module), "D's overflowing step was applied"
     assert not same(g0, tr.G.module), "G's step was skipped too"
-    assert tr.D.scaler.get_scale() == 2.0 ** 119 and tr.G.scaler.get_scale() == g_scale
+    assert tr.D.scaler.get_scale() == 2.0**119 and tr.G.scaler.get_scale() == g_scale
     assert tr.gan.guard.overflow.tolist() == [1.0, 0.0] and tr.gan.guard.skipped.tolist() == [0.0, 0.0]
     assert tr.check_guard()["amp/overflow/D"] == 1.0  # reported, and no Diverged even under nonfinite=stop
     tr.cfg.train.nonfinite = "stop"
@@ -97,8 +100,19 @@ def test_fp16_nan_loss_is_divergence_not_overflow(tmp_path, data_dir):
 def test_fp16_with_r1_steps_on(tmp_path, data_dir):
     """fp16 + lazy R1 with fused Adam: the R1 update runs unscaled, and the next fp16 D step still works
     (it used to leave opt.grad_scale = None behind: the GradScaler then computed scale * None)."""
-    tr = make(tmp_path, "r1", data_dir, [*FP16, "model.generator=dcgan28", "model.discriminator=dcgan28",
-                                         "model.noise=normal", "loss.r1_gamma=1", "loss.r1_every=1"])
+    tr = make(
+        tmp_path,
+        "r1",
+        data_dir,
+        [
+            *FP16,
+            "model.generator=dcgan28",
+            "model.discriminator=dcgan28",
+            "model.noise=normal",
+            "loss.r1_gamma=1",
+            "loss.r1_every=1",
+        ],
+    )
     assert tr.D.opt.defaults.get("fused")
     for step in range(3):  # D, R1, G each step
         d0 = snap(tr.D.module)
@@ -112,12 +126,18 @@ def test_fp16_scaler_calibration_never_trips_the_guard_and_resumes_with_its_scal
     """Scales starting at 2**40 overflow for ~25 steps in both networks while they calibrate; with
     train.nonfinite=stop and a skip streak of 3 the run must still finish (the old guard counted these
     as divergence). The checkpoint keeps both scales; a resume restores them."""
-    run = ["train.max_steps=40", "train.log_every=10", "train.ckpt_every=40", "train.nonfinite=stop",
-           "train.max_skip_streak=3", "runtime.fp16_init_scale=1099511627776"]
+    run = [
+        "train.max_steps=40",
+        "train.log_every=10",
+        "train.ckpt_every=40",
+        "train.nonfinite=stop",
+        "train.max_skip_streak=3",
+        "runtime.fp16_init_scale=1099511627776",
+    ]
     tr = make(tmp_path, "cal", data_dir, [*FP16, *run])
     logged = tr.train()
     assert logged["skipped/D"] == 0 and logged["amp/overflow/D"] >= 20 and logged["amp/overflow/G"] >= 20
-    assert logged["amp/scale/D"] <= 2.0 ** 20  # 20 or more halvings from 2**40
+    assert logged["amp/scale/D"] <= 2.0**20  # 20 or more halvings from 2**40
     saved = torch.load(tr.ckpt_root / "step-000000040" / "state.pt", weights_only=True)
     again = make(tmp_path, "cal", data_dir, [*FP16, *run, "train.resume=auto", "train.max_steps=41"])
     assert again.step == 40

@@ -20,10 +20,17 @@ def test_constant_by_default():
 
 def test_paper_decay_floor_and_momentum():
     """goodfeli/adversarial: lr 0.1 divided by 1.000004 per step down to 1e-6; momentum 0.5 -> 0.7 by epoch 250."""
-    o = opt("optim.name=sgd", "optim.lr=0.1", "optim.lr_decay=1.000004", "optim.min_lr=0.000001",
-            "optim.momentum=0.5", "optim.final_momentum=0.7", "optim.momentum_saturate_epochs=250")
+    o = opt(
+        "optim.name=sgd",
+        "optim.lr=0.1",
+        "optim.lr_decay=1.000004",
+        "optim.min_lr=0.000001",
+        "optim.momentum=0.5",
+        "optim.final_momentum=0.7",
+        "optim.momentum_saturate_epochs=250",
+    )
     s = schedule_at(100_000, o, 100_000, 125.0)
-    assert s["lr/D"] == pytest.approx(0.1 / 1.000004 ** 100_000, rel=1e-12) and s["lr/G"] == s["lr/D"]
+    assert s["lr/D"] == pytest.approx(0.1 / 1.000004**100_000, rel=1e-12) and s["lr/G"] == s["lr/D"]
     assert s["momentum"] == pytest.approx(0.6, rel=1e-12)  # half way to epoch 250
     assert schedule_at(10**8, o, 10**8, 1000.0) == {"lr/D": 1e-6, "lr/G": 1e-6, "momentum": 0.7}  # floor, saturated
 

@@ -25,5 +25,5 @@ def test_image_grid_matches_torchvision_layout():
     for n, c in ((16, 1), (37, 1), (5, 3)):
         x = torch.randint(0, 256, (n, c, 28, 28), dtype=torch.uint8)
         ours = image_grid(x)
-        ref = torchvision.utils.make_grid(x, nrow=int(n ** 0.5 + 0.999), padding=2, pad_value=0).permute(1, 2, 0)
+        ref = torchvision.utils.make_grid(x, nrow=int(n**0.5 + 0.999), padding=2, pad_value=0).permute(1, 2, 0)
         assert torch.equal(torch.from_numpy(ours), ref[..., :c])
