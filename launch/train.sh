@@ -2,11 +2,15 @@
 # Set up (first time) and train, on whatever hardware is here: all local GPUs through accelerate
 # launch, or the CPU. Running it again resumes the run dir (train.resume=auto).
 #   ./launch/train.sh [CONFIG] [RUN_DIR] [section.key=value ...]
-# defaults: configs/mnist_paper.yaml runs/paper
+# defaults: configs/mnist_paper.yaml runs/paper; the run dir is resumed if it holds a run
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/launch/setup.sh"
 cd "$ROOT"
+# MNIST: $DISTGAN_DATA_DIR, else a shared copy beside the checkout (../shared/data), else data/ (downloaded)
+if [ -z "${DISTGAN_DATA_DIR:-}" ] && [ -d "$ROOT/../shared/data/MNIST/raw" ]; then
+  export DISTGAN_DATA_DIR="$(cd "$ROOT/../shared/data" && pwd)"
+fi
 CONFIG="${1:-configs/mnist_paper.yaml}"; [ $# -gt 0 ] && shift
 RUN_DIR="${1:-runs/paper}"; [ $# -gt 0 ] && shift
 NGPU=0

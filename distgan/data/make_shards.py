@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -115,41 +114,35 @@ def encode(img, fmt: str) -> bytes:
 
 
 def write_shards(samples, total: int, out: Path, prefix: str, shard_size: int, fmt: str, progress: bool = True) -> dict:
-    """Write ``samples`` (PIL image, class or None, source) into shards; returns the summary."""
+    """Write ``samples`` (PIL image, class or None, source) into shards, each one atomically (written beside
+    its name, fsynced, renamed: distgan.atomic); returns the summary."""
+    import itertools
+
     import webdataset as wds
     from tqdm import tqdm
 
-    from distgan.atomic import fsync_file
+    from distgan.atomic import atomic_path
 
     out.mkdir(parents=True, exist_ok=True)
-    shards, count, nbytes, shard, writer, tmp, shape = [], 0, 0, -1, None, None, None
-
-    def close():
-        nonlocal writer, nbytes
-        if writer is not None:
-            writer.close()
-            final = out / f"{prefix}-{shard:06d}.tar"
-            fsync_file(tmp)
-            os.replace(tmp, final)
-            shards.append(final.name)
-            nbytes += final.stat().st_size
-            writer = None
-
+    shards, count, nbytes, shape = [], 0, 0, None
+    it = iter(samples)
     bar = tqdm(total=total, unit="img", disable=not progress, desc=f"writing {out}/{prefix}-*.tar")
-    for img, cls, _ in samples:
-        if count % shard_size == 0:
-            close()
-            shard += 1
-            tmp = out / f".{prefix}-{shard:06d}.tar.tmp"
-            writer = wds.TarWriter(str(tmp))
-        sample = {"__key__": f"{count:09d}", fmt: encode(img, fmt)}
-        if cls is not None:
-            sample["cls"] = str(cls).encode()
-        writer.write(sample)
-        shape = [1 if img.mode == "L" else 3, img.size[1], img.size[0]]
-        count += 1
-        bar.update(1)
-    close()
+    for shard in itertools.count():
+        first = next(it, None)
+        if first is None:
+            break
+        final = out / f"{prefix}-{shard:06d}.tar"
+        with atomic_path(final) as tmp, wds.TarWriter(str(tmp)) as writer:
+            for img, cls, _ in itertools.chain([first], itertools.islice(it, shard_size - 1)):
+                sample = {"__key__": f"{count:09d}", fmt: encode(img, fmt)}
+                if cls is not None:
+                    sample["cls"] = str(cls).encode()
+                writer.write(sample)
+                shape = [1 if img.mode == "L" else 3, img.size[1], img.size[0]]
+                count += 1
+                bar.update(1)
+        shards.append(final.name)
+        nbytes += final.stat().st_size
     bar.close()
     return {
         "samples": count,
