@@ -38,6 +38,15 @@ import time
 
 import torch
 
+from distgan.config import ConfigError, build, load
+from distgan.data.mnist import ensure_mnist
+from distgan.data.sampler import BatchLayout
+from distgan.data.stream import StreamBatches, check_urls, expand_urls
+from distgan.generate import sample_noise
+from distgan.networks import build_networks
+from distgan.torch_private import dispatch_mode
+from distgan.trainer import Trainer
+
 # Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets, by precision: fp32 is the CUDA cores' rate
 # (what runs when TF32 is off), tf32/bf16/fp16 the tensor cores'. Matched in order: a PCIe or NVL part must
 # not get its SXM sibling's figures.
@@ -75,7 +84,6 @@ class OpCounter:
     """Counts operations that reach the dispatcher and are not views (each is at least one GPU kernel)."""
 
     def __enter__(self):
-        from distgan.torch_private import dispatch_mode
 
         counter = self
 
@@ -136,13 +144,10 @@ def _peak_mem_mb(device) -> float:
 
 def row_trainer(cfg, steps: int, warmup: int, host: bool = True) -> dict:
     """The trainer's own loop body: schedule, Algorithm-1 step, metrics accumulated on device."""
-    from distgan.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="distgan-bench-") as run_dir:  # config.yaml, runs.jsonl: removed after
         out = _row_trainer(Trainer(cfg, run_dir), cfg, steps, warmup, time.perf_counter())
     if host:  # the same loop with the arithmetic taken away: what is left is host time
-        from distgan.config import build
-
         tiny = build(
             {
                 **cfg.to_dict(),
@@ -227,10 +232,6 @@ def row_textbook(cfg, steps: int, warmup: int) -> dict:
     """What a tutorial writes. Same networks, same Algorithm-1 maths, none of the trainer's choices."""
     import torchvision
     from torchvision import transforms
-
-    from distgan.data.mnist import ensure_mnist
-    from distgan.generate import sample_noise
-    from distgan.networks import build_networks
 
     dev = torch.device("cuda" if torch.cuda.is_available() and not cfg.runtime.cpu else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = False  # a tutorial's fp32: torch's default for matmuls, and
@@ -323,7 +324,6 @@ def row_textbook(cfg, steps: int, warmup: int) -> dict:
 
 def gemm_reference(cfg, repeats: int = 20) -> float:
     """GFLOP/s of plain fp32 matmuls of the model's Linear shapes (forward) on this device."""
-    from distgan.networks import build_networks
 
     dev = torch.device("cuda" if torch.cuda.is_available() and not cfg.runtime.cpu else "cpu")
     G, D = build_networks(cfg)
@@ -345,12 +345,10 @@ def gemm_reference(cfg, repeats: int = 20) -> float:
 
 def row_data(cfg, steps: int, warmup: int) -> dict:
     """The stream alone: batches of this rank's micro-batch size pulled through the DataLoader."""
-    from distgan.data.stream import StreamBatches, check_urls, expand_urls
 
     urls = expand_urls(cfg.data.urls)
     check_urls(urls)
     B = cfg.train.batch_size
-    from distgan.data.sampler import BatchLayout
 
     sb = StreamBatches(
         urls,
@@ -378,7 +376,6 @@ def row_data(cfg, steps: int, warmup: int) -> dict:
 
 
 def _measure_row(row: str, config: str, overrides: list[str], steps: int, warmup: int) -> dict:
-    from distgan.config import load
 
     cfg = load(config, overrides + ["train.progress=false", "wandb.mode=disabled"])
     fn = {"textbook": row_textbook, "trainer": row_trainer, "data": row_data}[row]
@@ -491,7 +488,6 @@ def trainer_rows(precisions: str, compiles: str) -> list[tuple[str, str, list[st
 
 
 def _main_stream(args) -> int:
-    from distgan.config import ConfigError, load
 
     try:
         cfg = load(args.config, args.overrides)
@@ -551,7 +547,6 @@ def _main_stream(args) -> int:
 
 
 def _print_table(args, rows, results) -> None:
-    from distgan.config import load
 
     cfg = load(args.config, args.overrides)
     med = {

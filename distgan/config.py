@@ -19,6 +19,9 @@ from typing import Any, Literal
 import yaml
 
 from distgan.errors import ConfigError  # noqa: F401 - re-exported: ``from distgan.config import ConfigError``
+from distgan.losses import LOSSES
+from distgan.metrics.suite import RGB_METRICS, figures_of, parse_metrics
+from distgan.networks import DISCRIMINATORS, GENERATORS, SPECTRAL_NORM
 
 IDENTITY_KEYS = (
     "train.batch_size",
@@ -62,7 +65,6 @@ class ModelConfig:
     """Spectral normalisation on every layer of D (``dcgan``); pair it with ``loss.name=hinge``."""
 
     def __post_init__(self):
-        from distgan.networks import DISCRIMINATORS, GENERATORS
 
         _choices("model.generator", self.generator, GENERATORS)
         _choices("model.discriminator", self.discriminator, DISCRIMINATORS)
@@ -133,7 +135,6 @@ class LossConfig:
     eagerly, outside torch.compile (double backward does not compile)."""
 
     def __post_init__(self):
-        from distgan.losses import LOSSES
 
         _choices("loss.name", self.name, LOSSES)
         _positive("loss.r1_gamma", self.r1_gamma, zero_ok=True)
@@ -340,7 +341,6 @@ class EvalConfig:
     """Samples per generation block (the unit of work per rank)."""
 
     def __post_init__(self):
-        from distgan.metrics.suite import parse_metrics
 
         _positive("eval.every", self.every, zero_ok=True)
         _positive("eval.num", self.num)
@@ -350,8 +350,6 @@ class EvalConfig:
         except ValueError as e:
             raise ConfigError(f"eval.metrics={self.metrics!r}: {e}") from None
         if self.best_metric:
-            from distgan.metrics.suite import figures_of
-
             allowed = figures_of(names)
             if self.best_metric not in allowed:
                 raise ConfigError(
@@ -374,7 +372,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
-        from distgan.networks import SPECTRAL_NORM
 
         c, h, w = self.data.image_shape
         m = self.model
@@ -393,8 +390,6 @@ class Config:
                 f"not {m.discriminator!r}"
             )
         if self.eval.every:
-            from distgan.metrics.suite import RGB_METRICS, parse_metrics
-
             if (h, w) != (28, 28):
                 raise ConfigError(
                     f"eval.every={self.eval.every}: the metrics use an MNIST classifier and need 28x28 "

@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from distgan.runtime import broadcast_
 from distgan.torch_private import copy_, is_batchnorm, lerp_
 
 
@@ -96,8 +97,6 @@ class GeneratorAverage:
         if self.rank == 0 or self.sync_bn:
             recalibrate_batchnorm(self.module, noise, device)
         if self.world > 1 and not self.sync_bn:
-            from distgan.runtime import broadcast_
-
             broadcast_(list(self.module.buffers()))
         self._bn_step = step
         return True

@@ -28,6 +28,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distgan.atomic import atomic_write_text
+from distgan.checkpoint import CheckpointError
+from distgan.config import ConfigError
+from distgan.data import data_root
+from distgan.data.mnist import DataError, load_split
+from distgan.generate import fixed_noise, generate
+from distgan.metrics import suite
+from distgan.metrics.classifier import features_and_probs, load_classifier
+from distgan.metrics.suite import FIGURES, parse_metrics
+from distgan.runtime import gather_objects
+from distgan.sample import load_generator
+
 
 def generate_blocks(
     G, cfg, num: int, seed: int, rank: int = 0, world: int = 1, block: int = 500, device="cpu", features: bool = True
@@ -37,8 +49,6 @@ def generate_blocks(
     The noise for all ``num`` samples comes from one CPU generator seeded with ``seed``, so sample i is
     the same whichever rank makes it (and equals ``distgan.sample`` with the same seed).
     """
-    from distgan.generate import fixed_noise, generate
-    from distgan.metrics.classifier import features_and_probs, load_classifier
 
     z = fixed_noise(num, cfg.model.z_dim, cfg.model.noise, seed)
     clf = load_classifier(device=str(device)) if features else None
@@ -61,7 +71,6 @@ def assemble(blocks: dict[int, tuple]) -> tuple[torch.Tensor, torch.Tensor | Non
 
 def gather_blocks(blocks: dict[int, tuple], world: int) -> dict[int, tuple]:
     """Every rank's blocks on every rank (a collective; a no-op for one process)."""
-    from distgan.runtime import gather_objects
 
     merged: dict = {}
     for d in gather_objects(blocks, world):
@@ -77,14 +86,12 @@ class InTrainingEval:
     gathered blocks and every rank receives them, so ``best`` is decided alike everywhere."""
 
     def __init__(self, cfg, rank0, rank: int, world: int, device):
-        from distgan.metrics import suite
 
         self.cfg, self.rank0, self.rank, self.world, self.device = cfg, rank0, rank, world, device
         self.metrics = suite.parse_metrics(cfg.eval.metrics)
         self.best = BestRule(cfg.eval.best_metric)
 
     def score(self, G) -> dict:
-        from distgan.metrics import suite
 
         e = self.cfg.eval
         blocks = generate_blocks(
@@ -109,7 +116,6 @@ class InTrainingEval:
 
     def summary(self, step: int, figures: dict, seconds: float) -> str:
         """The console line of one evaluation."""
-        from distgan.metrics.suite import FIGURES
 
         shown = " | ".join(f"{k} {figures[k]:.4g}" for k in FIGURES if k in figures and k != "modes")
         if "modes" in figures:
@@ -131,7 +137,6 @@ class BestRule:
         """Record an evaluation; True if it is a new best (the caller then writes checkpoints/best)."""
         if not self.metric:
             return False
-        from distgan.metrics.suite import FIGURES
 
         value = float(figures[self.metric])
         sign = -1.0 if FIGURES[self.metric].lower_is_better else 1.0
@@ -157,7 +162,6 @@ def _print_table(res: dict) -> None:
 
 
 def main(argv=None) -> int:
-    from distgan.metrics.suite import parse_metrics
 
     p = argparse.ArgumentParser(prog="python -m distgan.evaluate", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -185,11 +189,6 @@ def main(argv=None) -> int:
     if args.num <= 0 or args.block <= 0:
         print(f"distgan: --num and --block must be positive (got {args.num}, {args.block})", file=sys.stderr)
         return 2
-    from distgan.checkpoint import CheckpointError
-    from distgan.config import ConfigError
-    from distgan.data import data_root
-    from distgan.data.mnist import DataError
-    from distgan.metrics import suite
 
     rank, world = 0, 1
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch / torchrun
@@ -204,8 +203,6 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         if args.checkpoint:
-            from distgan.sample import load_generator
-
             G, cfg, path = load_generator(args.checkpoint, args.weights, device)
             blocks = gather_blocks(
                 generate_blocks(
@@ -242,8 +239,6 @@ def main(argv=None) -> int:
             source = {"samples": args.samples}
             root = data_root(args.data_root)
         else:
-            from distgan.data.mnist import load_split
-
             root = data_root(args.data_root)
             images = load_split(root, args.real, download=False)[0][: args.num]
             source = {"real": args.real}
@@ -256,8 +251,6 @@ def main(argv=None) -> int:
     res = {**source, "num": int(images.shape[0]), **res, "eval_seconds": round(time.time() - t0, 1)}
     _print_table(res)
     if args.json:
-        from distgan.atomic import atomic_write_text
-
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(res, indent=1) + "\n")

@@ -14,6 +14,9 @@ import json
 import sys
 from pathlib import Path
 
+from distgan.atomic import atomic_path
+from distgan.metrics.suite import FIGURES
+
 PANELS = ("fd", "cs", "mode_kl", "precision", "parzen_ll", "memorised_share", "stacked_modes", "stacked_kl")
 """The figures of distgan.metrics.suite.FIGURES that get a panel (recall is drawn in precision's)."""
 
@@ -39,8 +42,6 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 def make_report(run_dir: Path, out: Path, max_grids: int = 6) -> Path:
     import matplotlib
 
-    from distgan.atomic import atomic_path
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
@@ -53,7 +54,6 @@ def make_report(run_dir: Path, out: Path, max_grids: int = 6) -> Path:
     rows = read_metrics(mpath)
     if not rows:
         raise ValueError(f"{mpath} holds no records yet; wait for the first log tick (train.log_every)")
-    from distgan.metrics.suite import FIGURES
 
     evals = [
         (f"eval/{k}", FIGURES[k].title + (" / recall" if k == "precision" else ""), FIGURES[k].lower_is_better)

@@ -17,6 +17,7 @@ from torch import nn
 
 from distgan.config import Config
 from distgan.errors import ConfigError, LaunchError, ReplicaMismatch
+from distgan.torch_private import flatten, inductor_fallback_random, non_finite_flag, unflatten
 
 
 def build_accelerator(cfg: Config):
@@ -122,7 +123,6 @@ def seed_step(device: torch.device, seed: int) -> None:
 
 def found_non_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     """1.0 (a 0-d device tensor) if any of ``tensors`` holds an inf or NaN, with no host sync."""
-    from distgan.torch_private import non_finite_flag
 
     return non_finite_flag(tensors)
 
@@ -139,8 +139,6 @@ def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
 def all_reduce_mean_(tensors):
     """Average a tensor, or a list of tensors (in one flat buffer), over all ranks, in place; returns it."""
     import torch.distributed as dist
-
-    from distgan.torch_private import flatten, unflatten
 
     if isinstance(tensors, torch.Tensor):
         dist.all_reduce(tensors)
@@ -169,8 +167,6 @@ def maybe_compile(module: nn.Module, cfg: Config, device: torch.device | None = 
     if cfg.compile.mode == "reduce-overhead" and device is not None and device.type != "cuda":
         raise ConfigError("compile.mode=reduce-overhead is CUDA graphs: GPU only; on the CPU use compile.mode=default")
     if cfg.compile.fallback_random:
-        from distgan.torch_private import inductor_fallback_random
-
         inductor_fallback_random()
     # dynamic=False: D sees two batch sizes (2B real+fake in its phase, B in G's); with dynamic shapes the
     # second would trigger a recompile into a slower symbolic-shape graph. Two static graphs instead.

@@ -19,14 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distgan import checkpoint as ckpt_lib
 from distgan.atomic import atomic_path, atomic_write_bytes
+from distgan.checkpoint import CheckpointError
+from distgan.config import ConfigError, build
+from distgan.generate import fixed_noise, generate
+from distgan.networks import build_networks
+from distgan.tracking import image_grid, save_png
 
 
 def load_generator(checkpoint: str | os.PathLike, weights: str = "ema", device="cpu"):
     """(generator in eval mode, its Config, the checkpoint directory) from a run dir or checkpoint."""
-    from distgan import checkpoint as ckpt_lib
-    from distgan.config import build
-    from distgan.networks import build_networks
 
     path = ckpt_lib.resolve(checkpoint)
     manifest = ckpt_lib.verify(path)
@@ -50,7 +53,6 @@ def load_generator(checkpoint: str | os.PathLike, weights: str = "ema", device="
 
 def generate_seeded(G, cfg, num: int, seed: int, batch_size: int = 500, device="cpu") -> torch.Tensor:
     """uint8 ``[num, C, H, W]``; the noise comes from a CPU generator seeded with ``seed``."""
-    from distgan.generate import fixed_noise, generate
 
     return generate(G, fixed_noise(num, cfg.model.z_dim, cfg.model.noise, seed), device, batch_size)
 
@@ -68,7 +70,6 @@ def latent_walk(G, cfg, walks: int, keyframes: int, frames: int, seed: int, devi
     """uint8 ``[T, walks, C, H, W]``: each walk passes through ``keyframes`` random latents and back to the
     first, ``frames`` steps per segment. Gaussian noise is interpolated on the sphere (slerp), uniform noise
     linearly (it stays inside the box)."""
-    from distgan.generate import fixed_noise, generate
 
     keys = fixed_noise(keyframes * walks, cfg.model.z_dim, cfg.model.noise, seed).reshape(keyframes, walks, -1)
     out = []
@@ -85,8 +86,6 @@ def write_gif(frames_u8: torch.Tensor, out: Path, ms_per_frame: int = 80) -> Non
     """``[T, N, C, H, W]`` -> an animated GIF of grids, written atomically, looping forever."""
     from PIL import Image
 
-    from distgan.tracking import image_grid
-
     imgs = []
     for frame in frames_u8:
         arr = image_grid(frame)
@@ -98,7 +97,6 @@ def write_gif(frames_u8: torch.Tensor, out: Path, ms_per_frame: int = 80) -> Non
 
 def write_output(images: torch.Tensor, out: Path) -> None:
     """Write an .npz (key ``images``) or a .png grid atomically: no partial file where a good one was."""
-    from distgan.tracking import image_grid, save_png
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
@@ -147,8 +145,6 @@ def main(argv=None) -> int:
     if args.num <= 0:
         print(f"distgan: --num must be positive, got {args.num}", file=sys.stderr)
         return 2
-    from distgan.checkpoint import CheckpointError
-    from distgan.config import ConfigError
 
     try:
         G, cfg, path = load_generator(args.checkpoint, args.weights, args.device)

@@ -28,10 +28,11 @@ from distgan import checkpoint as ckpt_lib
 from distgan import schedule
 from distgan.callbacks import Callback
 from distgan.config import Config, ConfigError
-from distgan.data import build_source
 from distgan.data.sampler import BatchLayout
+from distgan.data.source import build_source
 from distgan.ema import GeneratorAverage
 from distgan.errors import Diverged, StopRequested, exit_code
+from distgan.evaluate import InTrainingEval
 from distgan.generate import generate, sample_noise, to_float
 from distgan.losses import LOSSES
 from distgan.networks import build_networks
@@ -55,6 +56,7 @@ from distgan.runtime import (
     step_seed,
 )
 from distgan.torch_private import fused_optimizer_devices, is_batchnorm
+from distgan.tracking import NullTracker, Tracker
 
 
 def build_optimizer(cfg: Config, params, lr: float) -> torch.optim.Optimizer:
@@ -155,7 +157,6 @@ class Trainer:
             )
         self.G, self.D = nets["G"], nets["D"]
         self.gan = GANStep(acc, self.G, self.D, LOSSES[cfg.loss.name], self.precision, self.layout.loss_weights)
-        from distgan.evaluate import InTrainingEval
 
         self.evaluator = InTrainingEval(cfg, self.rank0, self.rank, self.world, self.device)
         g = torch.Generator().manual_seed(cfg.train.seed + 0xF1C5)
@@ -291,7 +292,6 @@ class Trainer:
 
     # --------------------------------------------------------------------------- once-per-tick upkeep
     def _make_tracker(self):
-        from distgan.tracking import NullTracker, Tracker
 
         if not self.acc.is_main_process:
             return NullTracker()

@@ -25,6 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distgan.atomic import atomic_path, atomic_write_text
+from distgan.data import data_root
+from distgan.data.mnist import DataError, load_split
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
@@ -69,8 +73,6 @@ def folder_samples(root: Path, channels: int, size: int):
 def mnist_samples(root: str, split: str, channels: int, size: int):
     from PIL import Image
 
-    from distgan.data.mnist import load_split
-
     images, labels = load_split(root, split)
 
     def gen():
@@ -87,8 +89,6 @@ def stacked_mnist_samples(root: str, split: str, num: int, seed: int, size: int)
     """Stacked MNIST (Metz et al. 2017; Srivastava et al. 2017; Lin et al. 2018): three random MNIST digits
     as the R, G and B channels; 1000 classes ``100 a + 10 b + c``."""
     from PIL import Image
-
-    from distgan.data.mnist import load_split
 
     images, labels = load_split(root, split)
     g = torch.Generator().manual_seed(seed)
@@ -120,8 +120,6 @@ def write_shards(samples, total: int, out: Path, prefix: str, shard_size: int, f
 
     import webdataset as wds
     from tqdm import tqdm
-
-    from distgan.atomic import atomic_path
 
     out.mkdir(parents=True, exist_ok=True)
     shards, count, nbytes, shape = [], 0, 0, None
@@ -188,10 +186,8 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    from distgan.data import data_root
 
     root = data_root(args.data_root)
-    from distgan.data.mnist import DataError
 
     try:
         if args.source == "mnist":
@@ -218,7 +214,6 @@ def main(argv=None) -> int:
             f.unlink()
     summary = write_shards(samples, total, out, prefix, args.shard_size, args.format, not args.no_progress)
     summary.update({"source": args.source, "classes": len(classes), "class_names": classes[:1000]})
-    from distgan.atomic import atomic_write_text
 
     atomic_write_text(out / f"{prefix}-meta.json", json.dumps(summary, indent=1) + "\n")
     last = len(summary["files"]) - 1

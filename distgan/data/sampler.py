@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from distgan.errors import ConfigError
+
 _EPOCH_SALT = 0x5DEECE66D
 
 
@@ -31,8 +33,6 @@ class BatchLayout:
 
     def __init__(self, global_batch: int, rank: int, world: int, grad_accum: int = 1):
         if global_batch < world * grad_accum:
-            from distgan.errors import ConfigError
-
             raise ConfigError(
                 f"train.batch_size={global_batch} (global) is smaller than world size {world} x "
                 f"train.grad_accum {grad_accum}: every rank needs at least one image per micro-step; "
@@ -59,8 +59,6 @@ class ShardedBatches:
     ):
         n = images.shape[0]
         if global_batch > n:
-            from distgan.errors import ConfigError
-
             raise ConfigError(f"train.batch_size={global_batch} is larger than the dataset ({n} images)")
         self.images, self.B, self.rank, self.world, self.seed = images, global_batch, rank, world_size, seed
         self.accum = grad_accum

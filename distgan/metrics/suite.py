@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 
 from distgan.atomic import atomic_path
+from distgan.data.mnist import load_split
 from distgan.metrics import scores
 from distgan.metrics.classifier import WEIGHTS, features_and_probs
+from distgan.metrics.parzen import nearest_distances, nearest_neighbour_check, parzen
 
 METRICS = ("fd", "cs", "modes", "pr", "nn", "parzen", "stacked")
 """fd: Frechet distance in classifier features; cs: classifier score; modes: class coverage and KL to
@@ -85,8 +87,6 @@ def reference_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Classifier (features, probs) of an MNIST split, cached per classifier weights and split."""
     from safetensors.torch import load_file, save_file
-
-    from distgan.data.mnist import load_split
 
     name = f"mnist-{split}-{limit or 'all'}-{_classifier_tag()}.safetensors"
     path = _cache_dir() / name
@@ -157,8 +157,6 @@ def compute(
             radii = _cached(f"radii3-{reference}-{_classifier_tag()}", lambda: scores.kth_radii(ref_feats, 3))
             out.update(scores.precision_recall(ref_feats, feats, k=3, real_radii=radii))
     if "parzen" in metrics or "nn" in metrics:
-        from distgan.data.mnist import load_split
-        from distgan.metrics.parzen import nearest_neighbour_check, parzen
 
         def pixels(split, lo=None, hi=None):
             return load_split(data_root, split, download=False)[0][lo:hi].float().flatten(1) / 255.0
@@ -176,7 +174,6 @@ def compute(
 def _cached_nearest(train: torch.Tensor, held_out: torch.Tensor) -> torch.Tensor:
     """Distances from each held-out image to its nearest training image (fixed for a dataset: the costly
     half of the memorisation check), cached like the reference features."""
-    from distgan.metrics.parzen import nearest_distances
 
     h = hashlib.sha256()
     for t in (train, held_out):

@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from distgan.atomic import atomic_path
+from distgan.data import data_root
+from distgan.data.mnist import DataError, load_split
 from distgan.metrics.classifier import WEIGHTS, MNISTClassifier, features_and_probs
 
 
@@ -48,8 +51,6 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None, help="MNIST root (default $DISTGAN_DATA_DIR, else ./data)")
     p.add_argument("--out", default=str(WEIGHTS))
     args = p.parse_args(argv)
-    from distgan.data import data_root
-    from distgan.data.mnist import DataError, load_split
 
     root = data_root(args.data_root)
     try:
@@ -103,7 +104,6 @@ def main(argv=None) -> int:
         "train_images": "train[:50000]",
         "command": "python -m distgan.metrics.train_classifier " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    from distgan.atomic import atomic_path
 
     with atomic_path(out) as tmp:
         save_file(
