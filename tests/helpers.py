@@ -65,6 +65,11 @@ def module(
     return run(launch_cmd(nproc, "-m", mod, *args), env=env, check=check, timeout=timeout)
 
 
+def train_cmd(run_dir, *overrides: str, nproc: int = 1, config: str = "configs/debug.yaml") -> list[str]:
+    """The command of ``distgan.train`` with QUIET overrides first (the caller's win), for Popen."""
+    return launch_cmd(nproc, "-m", "distgan.train", "--config", config, "--run-dir", str(run_dir), *QUIET, *overrides)
+
+
 def train(
     run_dir,
     *overrides: str,
@@ -74,19 +79,17 @@ def train(
     check=True,
     timeout: int = 300,
 ) -> subprocess.CompletedProcess:
-    """``distgan.train`` with QUIET overrides first (the caller's win)."""
-    return module(
-        "distgan.train",
-        "--config",
-        config,
-        "--run-dir",
-        str(run_dir),
-        *QUIET,
-        *overrides,
-        nproc=nproc,
-        env=env,
-        check=check,
-        timeout=timeout,
+    """``distgan.train`` run to its end (see :func:`train_cmd`)."""
+    return run(train_cmd(run_dir, *overrides, nproc=nproc, config=config), env=env, check=check, timeout=timeout)
+
+
+WORKER = str(REPO / "tests" / "integration" / "ddp_worker.py")
+
+
+def worker_cmd(nproc: int, out, run_dir, overrides=(), probe=(), config: str = "configs/debug.yaml") -> list[str]:
+    """tests/integration/ddp_worker.py (distgan.train.main with probes) on ``nproc`` ranks."""
+    return launch_cmd(
+        nproc, WORKER, "--out", str(out), *probe, "--", "--config", config, "--run-dir", str(run_dir), *overrides
     )
 
 

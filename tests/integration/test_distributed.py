@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from tests.helpers import REPO, launch_cmd, run
+from tests.helpers import run, worker_cmd
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
-WORKER = str(REPO / "tests" / "integration" / "ddp_worker.py")
 # A small paper-MLP model keeps every run to seconds; no EMA ramp-up so the EMA moves from step 1.
 BASE = [
     "train.progress=false",
@@ -23,20 +22,7 @@ def launch(nproc, tmp, overrides=(), probe=(), config="configs/debug.yaml", chec
     """The worker (distgan.train.main with probes) on ``nproc`` ranks; returns every rank's record (saved
     after the last step, before the final checkpoint) and the process."""
     out = tmp / "out"
-    cmd = launch_cmd(
-        nproc,
-        WORKER,
-        "--out",
-        str(out),
-        *probe,
-        "--",
-        "--config",
-        config,
-        "--run-dir",
-        str(tmp / "run"),
-        *BASE,
-        *overrides,
-    )
+    cmd = worker_cmd(nproc, out, tmp / "run", [*BASE, *overrides], probe, config)
     p = run(cmd, check=check)
     files = [out / f"rank{r}.pt" for r in range(nproc)]
     return [torch.load(f, weights_only=True) for f in files] if all(f.exists() for f in files) else None, p

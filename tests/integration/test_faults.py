@@ -15,30 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import QUIET, REPO, call, child_env, launch_cmd, run, train, train_here, tree_snapshot
+from tests.helpers import QUIET, REPO, call, child_env, run, train, train_cmd, train_here, tree_snapshot, worker_cmd
 
 pytestmark = [pytest.mark.timeout(420)]
-WORKER = str(REPO / "tests" / "integration" / "ddp_worker.py")
 SMALL = ["model.width=64"]  # the paper's MLP at width 64: checkpoints of 1 MB, not 55
 
 
 def worker(run_dir, out, *overrides, probe=(), nproc=1, check=True, env=None):
-    cmd = launch_cmd(
-        nproc,
-        WORKER,
-        "--out",
-        str(out),
-        *probe,
-        "--",
-        "--config",
-        "configs/debug.yaml",
-        "--run-dir",
-        str(run_dir),
-        *QUIET,
-        *SMALL,
-        *overrides,
-    )
-    return run(cmd, check=check, env=env)
+    return run(worker_cmd(nproc, out, run_dir, [*QUIET, *SMALL, *overrides], probe), check=check, env=env)
 
 
 def status(run_dir: Path) -> dict:
@@ -88,18 +72,7 @@ def test_exact_resume_after_sigkill(tmp_path, nproc):
     train(tmp_path / "straight", *common, nproc=nproc)
 
     killed = tmp_path / "killed"
-    cmd = launch_cmd(
-        nproc,
-        "-m",
-        "distgan.train",
-        "--config",
-        "configs/debug.yaml",
-        "--run-dir",
-        str(killed),
-        *QUIET,
-        *common,
-        "train.log_every=1",
-    )
+    cmd = train_cmd(killed, *common, "train.log_every=1", nproc=nproc)
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -122,20 +95,7 @@ def test_exact_resume_after_sigkill(tmp_path, nproc):
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_75(tmp_path):
     run_dir = tmp_path / "r"
-    cmd = launch_cmd(
-        1,
-        "-m",
-        "distgan.train",
-        "--config",
-        "configs/debug.yaml",
-        "--run-dir",
-        str(run_dir),
-        *QUIET,
-        *SMALL,
-        "train.max_steps=100000",
-        "train.ckpt_every=100000",
-        "train.log_every=5",
-    )
+    cmd = train_cmd(run_dir, *SMALL, "train.max_steps=100000", "train.ckpt_every=100000", "train.log_every=5")
     proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
@@ -298,20 +258,7 @@ def test_full_disk_keeps_the_previous_checkpoint(small_run, copy_run):
     def limit_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    cmd = launch_cmd(
-        1,
-        "-m",
-        "distgan.train",
-        "--config",
-        "configs/debug.yaml",
-        "--run-dir",
-        str(run_dir),
-        *QUIET,
-        *SMALL,
-        "train.resume=auto",
-        "train.max_steps=30",
-        "train.ckpt_every=10",
-    )
+    cmd = train_cmd(run_dir, *SMALL, "train.resume=auto", "train.max_steps=30", "train.ckpt_every=10")
     p = subprocess.run(
         cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300, preexec_fn=limit_size
     )
