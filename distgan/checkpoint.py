@@ -118,17 +118,24 @@ def save(
             f"limit?). Nothing was replaced: checkpoints/latest still names {kept}. Free space and resume with "
             f"train.resume=auto."
         ) from None
-    if final.exists():  # the same step written again (e.g. a resumed run stopped at once): replace it last
-        old = ckpt_root / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-    fsync_dir(ckpt_root)
-    if name is None:
-        atomic_write_text(ckpt_root / "latest", final.name + "\n")
-        prune(ckpt_root, keep_last, protect={final.name})
+    try:
+        if final.exists():  # the same step written again (e.g. a resumed run stopped at once): replace it last
+            old = ckpt_root / f".old-{final.name}-{os.getpid()}"  # find_latest_good restores it after a crash here
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(ckpt_root)
+        if name is None:
+            atomic_write_text(ckpt_root / "latest", final.name + "\n")
+            prune(ckpt_root, keep_last, protect={final.name})
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"finishing checkpoint {final.name} under {ckpt_root} failed: {e}. Free space and "
+            f"resume with train.resume=auto (it takes the newest checkpoint that verifies)."
+        ) from None
     return final
 
 
@@ -144,8 +151,16 @@ def prune(ckpt_root: Path, keep_last: int, protect: set[str] = frozenset()) -> N
     for p in list_checkpoints(ckpt_root)[keep_last:]:
         if p.name not in protect:
             shutil.rmtree(p, ignore_errors=True)
-    for p in ckpt_root.glob(".tmp-*"):  # left by a crash mid-write
+    for p in [*ckpt_root.glob(".tmp-*"), *ckpt_root.glob(".old-*")]:  # left by a crash mid-write
         shutil.rmtree(p, ignore_errors=True)
+
+
+def read_manifest(ckpt: Path) -> dict:
+    """A checkpoint's manifest, without checking its files (use verify for that)."""
+    try:
+        return json.loads((ckpt / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {ckpt / 'manifest.json'}: {e}") from None
 
 
 def verify(ckpt: Path) -> dict:
@@ -199,6 +214,10 @@ def find_latest_good(ckpt_root: Path, warn=print) -> Path | None:
     if latest.is_file():
         name = latest.read_text().strip()
         named = ckpt_root / name
+        olds = sorted(ckpt_root.glob(f".old-{name}-*")) if name and "/" not in name else []
+        if not named.exists() and olds:  # a crash between save()'s two renames: the old copy is complete
+            os.replace(olds[-1], named)
+            warn(f"[distgan] restored {named} from {olds[-1].name} (a checkpoint write was interrupted)")
         if not name or "/" in name or not named.is_dir():
             newest = candidates[0].name if candidates else "none"
             raise CheckpointError(

@@ -69,6 +69,16 @@ class Guard:
         self.streak, self.max_streak, self._step_found = z(()), z(()), z(())
         self.overflow_streak, self.max_overflow_streak = z(2), z(())
 
+    _FIELDS = ("skipped", "overflow", "streak", "max_streak", "overflow_streak", "max_overflow_streak")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The counts and streaks, for checkpoints: a skip streak that spans a preemption is still one streak."""
+        return {k: getattr(self, k).detach().cpu().clone() for k in self._FIELDS}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k in self._FIELDS:
+            getattr(self, k).copy_(state[k])
+
     def record(self, index: int, diverged: torch.Tensor, overflow: torch.Tensor | None = None) -> None:
         self.skipped[index] += diverged
         torch.maximum(self._step_found, diverged, out=self._step_found)

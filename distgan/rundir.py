@@ -129,8 +129,9 @@ class RunDir:
         self.cfg = cfg
         self.ckpt_root = self.path / "checkpoints"
 
-    def resume_target(self, warn=print) -> tuple[Path | None, dict[str, tuple]]:
-        """The checkpoint to resume from (None: fresh start) and the identity changes accepted for it.
+    def resume_target(self, warn=print) -> tuple[Path | None, dict[str, tuple], dict | None]:
+        """The checkpoint to resume from (None: fresh start), the identity changes accepted for it, and its
+        manifest. Every file of the chosen checkpoint is hashed once.
 
         Raises RunDirError / CheckpointError, before anything is written, when the choice is impossible.
         """
@@ -143,7 +144,7 @@ class RunDir:
                     f"run dir {self.path} already holds a run (checkpoint {name}); continue it with "
                     f"train.resume=auto or choose a new --run-dir. Nothing was changed."
                 )
-            return None, {}
+            return None, {}, None
         if resume == "auto":
             found = ckpt_lib.find_latest_good(self.ckpt_root, warn=warn)
             if found is None and existing:
@@ -151,12 +152,13 @@ class RunDir:
                     f"every checkpoint under {self.ckpt_root} failed verification; refusing to start over "
                     f"in a run dir that holds a run. Move it away or choose a new --run-dir."
                 )
+            manifest = ckpt_lib.read_manifest(found) if found is not None else None  # verified just now
         else:
             found = ckpt_lib.resolve(resume, warn=warn)
+            manifest = ckpt_lib.verify(found)
         if found is None:
-            return None, {}
-        manifest = ckpt_lib.verify(found)
-        return found, self._check_identity(found, manifest)
+            return None, {}, None
+        return found, self._check_identity(found, manifest), manifest
 
     def _check_identity(self, ckpt: Path, manifest: dict) -> dict[str, tuple]:
         saved = manifest.get("config")

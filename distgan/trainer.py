@@ -177,9 +177,8 @@ class Trainer:
 
     def _resume_choice(self) -> tuple[Path | None, dict, int]:
         """(checkpoint or None, accepted identity changes, its step); run on rank 0 (it verifies hashes)."""
-        path, changes = self.rundir.resume_target(warn=print)
-        step = ckpt_lib.verify(path)["step"] if path is not None else 0
-        return path, changes, step
+        path, changes, manifest = self.rundir.resume_target(warn=print)
+        return path, changes, manifest["step"] if manifest else 0
 
     def _announce(self, resume_from, changes: dict, G) -> None:
         cfg = self.cfg
@@ -308,10 +307,11 @@ class Trainer:
             float(self.data.skipped),
             float(self.signals.received),
         ]
-        pack = all_reduce_sum_(torch.cat([stats * share, torch.tensor(extra, device=self.device)]))
+        r1 = self.r1_last.reshape(1) * share if self.r1_last is not None else torch.zeros(1, device=self.device)
+        pack = all_reduce_sum_(torch.cat([stats * share, torch.tensor(extra, device=self.device), r1]))
         v = torch.cat([pack, self.gan.guard.state()]).tolist()  # the one host sync per tick
         metrics = {
-            **self.check_guard(v[7:]),
+            **self.check_guard(v[8:]),
             "loss/D": v[0],
             "D(x)": v[1],
             "D(G(z))": v[2],
@@ -321,7 +321,7 @@ class Trainer:
             **sched,
         }
         if self.r1_last is not None:
-            metrics["loss/R1"] = self.r1_last.item()
+            metrics["loss/R1"] = v[7]  # the last R1 penalty, the mean over the global batch
         if self.cfg.data.dataset == "webdataset" and not self.cfg.data.in_memory:
             metrics["data/skipped"] = v[5]  # bad samples the streams skipped, all ranks
         tracker.log(self.step, metrics)
@@ -446,6 +446,7 @@ class Trainer:
                 # noise, dropout and data order are reseeded from (seed, rank, step) every step, so
                 # these are not needed for an exact resume; restored when the world size is unchanged
                 "rng_per_rank": gather_objects(rng_state(), self.world),
+                "guard": self.gan.guard.state_dict(),  # a skip streak that spans a preemption stays one streak
                 "best": self.evaluator.best.best,
             },
         }
@@ -462,6 +463,8 @@ class Trainer:
                 net.scaler.load_state_dict(tr[key])
         self.step = int(tr["step"])
         self.evaluator.best.restore(tr.get("best"))
+        if tr.get("guard"):  # (checkpoints written before the guard was saved have none)
+            self.gan.guard.load_state_dict(tr["guard"])
         rngs = tr.get("rng_per_rank") or []
         if len(rngs) == self.world:
             set_rng_state(rngs[self.rank])

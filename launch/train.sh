@@ -13,8 +13,10 @@ if [ -z "${DISTGAN_DATA_DIR:-}" ] && [ -d "$ROOT/../shared/data/MNIST/raw" ]; th
 fi
 CONFIG="${1:-configs/mnist_paper.yaml}"; [ $# -gt 0 ] && shift
 RUN_DIR="${1:-runs/paper}"; [ $# -gt 0 ] && shift
-NGPU=0
-if command -v nvidia-smi >/dev/null 2>&1; then NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
+NGPU=0  # the GPUs this process may use (CUDA_VISIBLE_DEVICES counts; nvidia-smi -L would not)
+if command -v nvidia-smi >/dev/null 2>&1; then
+  NGPU=$(python -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+fi
 if [ "$NGPU" -gt 1 ]; then
   exec accelerate launch --config_file launch/multi_gpu.yaml --num_processes "$NGPU" \
     -m distgan.train --config "$CONFIG" --run-dir "$RUN_DIR" train.resume=auto "$@"

@@ -284,6 +284,7 @@ class StreamBatches:
         )
         self.loader = DataLoader(
             self.stream,
+            worker_init_fn=_ignore_stop_signals,
             batch_size=None,
             num_workers=workers,
             pin_memory=torch.device(device).type == "cuda",
@@ -319,10 +320,20 @@ def read_all(
     """Every sample of this rank's share in exact mode: (images, labels, skipped)."""
     ds = ShardStream(urls, "exact", batch_size, image_shape, rank, world, shuffle_buffer=0, num_workers=workers)
     imgs, labels, skipped = [], [], {}
-    for x, y, s, wid in DataLoader(ds, batch_size=None, num_workers=workers):
+    for x, y, s, wid in DataLoader(ds, batch_size=None, num_workers=workers, worker_init_fn=_ignore_stop_signals):
         imgs.append(x)
         labels.append(y)
         skipped[wid] = s
     if not imgs:
         return torch.empty(0, *image_shape, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), sum(skipped.values())
     return torch.cat(imgs), torch.cat(labels), sum(skipped.values())
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGUSR1. A scheduler signals every process of a job step; a
+    worker that died of it would end the run as "worker killed" instead of the trainer's agreed stop and
+    checkpoint. The trainer shuts its workers down itself."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)

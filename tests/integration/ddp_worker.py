@@ -63,7 +63,7 @@ def make_trainer_cls(opts):
                 update, micro = divmod(p.calls, t.grad_accum)
                 g = torch.Generator().manual_seed(1_000_003 * self.step + update)
                 z_all = sample_noise(t.batch_size, self.cfg.model.z_dim, self.cfg.model.noise, "cpu", g)
-                start = self.rank * (t.batch_size // self.world) + micro * n
+                start = self.layout.rank_starts[self.rank] + self.layout.micro_starts[micro]
                 z = z_all[start : start + n].to(self.device)
             p.calls += 1
             p.noises.append(z[:2].cpu().clone())

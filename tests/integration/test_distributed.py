@@ -177,6 +177,22 @@ def test_two_ranks_negative_controls_fail_the_comparison(reference, tmp_path, wr
     assert deviation(r0["D"], reference["D"], reference["init"]["D"]) > 10
 
 
+def test_uneven_split_over_three_ranks_equals_one_rank(reference, tmp_path):
+    """A global batch of 40 on 3 ranks is 14 + 13 + 13 images; the loss weights n_r W / B make DDP's average
+    the mean over the 40 images, so the updates equal the 1-rank ones within the rounding bound (measured: 0.03
+    of it). The negative control was measured by hand: with every rank weighted alike (DDP's plain average)
+    G's updates land 23 times the bound away."""
+    ranks, p = launch(3, tmp_path, [*EQUIV, *STEPS], ["--inject-noise"])
+    assert "global batch 40 = 3 ranks x 13-14 images" in p.stdout
+    for net in ("G", "D"):
+        assert_same(ranks[0][net], ranks[2][net])
+        dev = deviation(ranks[0][net], reference[net], reference["init"][net])
+        assert dev <= 1.0, f"{net}: {dev:.3g} x the rounding bound"
+    consumed = [torch.cat(r["consumed"]) for r in ranks]
+    assert [len(c) for c in consumed] == [2 * 14, 2 * 13, 2 * 13]
+    assert set(torch.cat(consumed).tolist()) == set(torch.cat(reference["consumed"]).tolist())
+
+
 @pytest.fixture(scope="module")
 def two_ranks_accumulating(tmp_path_factory):
     """2 ranks x grad_accum 2 x micro-batch 10 (the same global batch of 40): no_sync on the first micro-step."""
