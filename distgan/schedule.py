@@ -1,8 +1,8 @@
 """Learning rates and SGD momentum as pure functions of the step (unit-tested in tests/unit/test_schedule.py).
 
 - learning rate: ``lr`` (D) and ``lr_g`` (G, default ``lr``), divided by ``lr_decay ** step`` (the paper's
-  per-step decay), floored at ``min_lr``, then from ``linear_decay_start`` falling linearly to 0 at
-  ``max_steps``, and during the first ``warmup_steps`` ramped up linearly from 1/warmup;
+  per-step decay) and, from ``linear_decay_start``, scaled down linearly towards 0 at ``max_steps``; then
+  floored at ``min_lr``; during the first ``warmup_steps`` ramped up linearly from 1/warmup;
 - SGD momentum: from ``momentum`` to ``final_momentum`` linearly by ``momentum_saturate_epochs`` epochs,
   where an epoch is a pass over the training split at the global batch (k D updates per step count k).
 """

@@ -14,7 +14,7 @@ import einops
 import numpy as np
 import torch
 
-from distgan.atomic import atomic_path
+from distgan.atomic import atomic_path, atomic_write_text
 
 
 def wandb_mode(configured: str) -> str:
@@ -90,7 +90,7 @@ class Tracker(NullTracker):
 
             id_file = run_dir / "wandb_id.txt"
             run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
-            id_file.write_text(run_id + "\n")
+            atomic_write_text(id_file, run_id + "\n")
             self.wandb = wandb.init(
                 project=cfg.wandb.project,
                 entity=cfg.wandb.entity or None,
