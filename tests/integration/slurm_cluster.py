@@ -3,6 +3,9 @@
 Installs ``slurm-wlm`` and ``munge`` with apt when they are missing (as root). Every daemon is a
 child process we own and stop by PID. If SLURM cannot start, :func:`start` raises ``SlurmUnavailable``
 with the reason; the tests skip with it, or fail when ``DISTGAN_REQUIRE_SLURM=1`` (CI).
+
+``cred_expire=10``: slurmctld holds a requeued job until the old job's credential has expired (the
+default is 120 s); 10 s keeps the preemption test short and leaves SLURM's own safety wait in place.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={sock}
+AuthInfo=socket={sock},cred_expire=10
 StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/spool
 SlurmctldPidFile={r}/slurmctld.pid
