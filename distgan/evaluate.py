@@ -190,15 +190,22 @@ def main(argv=None) -> int:
         print(f"distgan: --num and --block must be positive (got {args.num}, {args.block})", file=sys.stderr)
         return 2
 
-    rank, world = 0, 1
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch / torchrun
-        from accelerate import PartialState
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _evaluate(args, metrics, 0, 1, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # under accelerate launch / torchrun
+    from accelerate import PartialState
 
-        state = PartialState(cpu=not torch.cuda.is_available())
-        rank, world = state.process_index, state.num_processes
-        device = args.device or str(state.device)
-    else:
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    state = PartialState(cpu=not torch.cuda.is_available())
+    code = _evaluate(args, metrics, state.process_index, state.num_processes, args.device or str(state.device))
+    # Every rank leaves together and takes its process group down: a rank that exits while rank 0 still
+    # scores, with gloo's threads alive, can abort in teardown ("terminate called without an active
+    # exception", exit -6). An exception skips this: the launcher then stops the other ranks.
+    state.wait_for_everyone()
+    state.destroy_process_group()
+    return code
+
+
+def _evaluate(args, metrics, rank: int, world: int, device: str) -> int:
     feats = probs = None
     t0 = time.time()
     try:

@@ -89,6 +89,9 @@ def main(argv=None, *, trainer_cls=None, callbacks=()) -> int:
     except (BadInput, Diverged, ReplicaMismatch) as e:
         # a stream's DataError can hit one rank alone; the others are collective decisions
         _error(e, every_rank=isinstance(e, DataError))
+        # the process group goes down (a live gloo group can abort at exit), with no barrier first: a
+        # DataError may be one rank's alone
+        trainer.acc.end_training()
         return exit_code(e)
     else:
         trainer.rank0.print(f"[distgan] finished at step {trainer.step}; checkpoints in {trainer.ckpt_root}")

@@ -1,8 +1,9 @@
 """``distgan.train.main`` with probes, for the tests that need what only a real run shows.
 
 Launched like the entry point (``python ddp_worker.py`` or ``accelerate launch ddp_worker.py``) and exits
-with ``distgan.train.main``'s own code. It plugs in through the documented hooks only: a Trainer
-subclass overriding ``real_batch`` and ``noise``, and a ``Callback``. Each rank saves RUN/../out/rankR.pt.
+with ``distgan.train.main``'s own code. It plugs in through the documented hooks (all but --equal-weights): a
+Trainer subclass overriding ``real_batch`` and ``noise``, and a ``Callback``. Each rank saves
+RUN/../out/rankR.pt.
 
     python ddp_worker.py --out O [probe options] -- --config configs/debug.yaml --run-dir R [key=value ...]
 
@@ -11,6 +12,8 @@ Probe options:
                         world sizes or accumulation see the same global noise (equivalence tests)
   --nan-steps 6,7       a NaN in the real batch of these steps (D's loss and gradients become NaN)
   --same-slice          wrong on purpose: every rank trains on rank 0's slice of each global batch
+  --equal-weights       wrong on purpose: every rank's loss weighted 1 (DDP's plain average of unequal
+                        shares) instead of n_r W / B; sets GANStep.weights, the one probe that does
   --comm-hook H         DDP communication hook on G and D: mean (as DDP), count (mean, counting calls),
                         sum (wrong: all-reduce without averaging), local (wrong: no all-reduce)
   --perturb RANK:STEP   wrong on purpose: add 1e-3 to one D weight on RANK after STEP
@@ -96,13 +99,15 @@ class Probe(Callback):
     def __init__(self, opts):
         self.opts = opts
         self.consumed, self.noises, self.calls, self.last_step = [], [], 0, None
-        self.local_stats, self.logged, self.snapshots = None, None, {}
+        self.local_stats, self.logged, self.snapshots, self.first = None, None, {}, {}
         self.graphs = []  # torch.compile's count of distinct graphs after each step
         self.allreduce_calls = [0]
 
     def on_train_start(self, trainer):
         self.start_step = trainer.step
         self.init = {"G": clone(trainer.G.module.state_dict()), "D": clone(trainer.D.module.state_dict())}
+        if self.opts.equal_weights:  # negative control: DDP's plain average over unequal rank shares
+            trainer.gan.weights = [1.0] * len(trainer.gan.weights)
         if self.opts.comm_hook:
             if trainer.world == 1:
                 raise SystemExit("--comm-hook needs a DDP run (2 or more ranks)")
@@ -111,6 +116,8 @@ class Probe(Callback):
 
     def on_step_end(self, trainer):
         s = trainer.step  # steps done
+        if s == self.start_step + 1:  # after one update of each network: what the rounding bounds compare
+            self.first = {"G": clone(trainer.G.module.state_dict()), "D": clone(trainer.D.module.state_dict())}
         if trainer.cfg.compile.enabled:
             from torch._dynamo.utils import counters
 
@@ -158,6 +165,7 @@ class Probe(Callback):
                 "D": clone(tr.D.module.state_dict()),
                 "G_ema": clone(tr.G_ema.state_dict()) if tr.G_ema is not None else {},
                 "init": self.init,
+                "first": self.first,
                 "consumed": self.consumed,
                 "epoch0": epoch0,
                 "noises": self.noises,
@@ -187,6 +195,7 @@ def parse(argv):
     p.add_argument("--inject-noise", action="store_true")
     p.add_argument("--nan-steps", default="")
     p.add_argument("--same-slice", action="store_true")
+    p.add_argument("--equal-weights", action="store_true")
     p.add_argument("--comm-hook", choices=["mean", "count", "sum", "local"])
     p.add_argument("--perturb", default="")
     p.add_argument("--raise-at", type=int, default=None)
