@@ -9,8 +9,8 @@ prints the resolved config.
 Exit codes (``distgan.errors``): 0 finished; 1 anything else; 2 bad input (config, data, run dir,
 checkpoint), nothing written or changed; 3 diverged, the last good checkpoint kept; 75 stopped by
 SIGTERM/SIGUSR1 after every rank agreed and a checkpoint was written (resume with train.resume=auto).
-Under ``accelerate launch`` with several processes the launcher exits 1 for any non-zero code:
-RUN/status.json holds the state and the code.
+Under ``accelerate launch`` (any number of processes, one included) or torchrun the launcher exits 1 for
+any non-zero code: RUN/status.json holds the state and the code.
 """
 
 from __future__ import annotations

@@ -20,9 +20,8 @@ fi
 if [ "$NGPU" -gt 1 ]; then
   exec accelerate launch --config_file launch/multi_gpu.yaml --num_processes "$NGPU" \
     -m distgan.train --config "$CONFIG" --run-dir "$RUN_DIR" train.resume=auto "$@"
-elif [ "$NGPU" -eq 1 ]; then
-  exec accelerate launch --config_file launch/single_gpu.yaml \
-    -m distgan.train --config "$CONFIG" --run-dir "$RUN_DIR" train.resume=auto "$@"
 else
+  # one GPU or the CPU: one plain process, whose exit code (0, 1, 2, 3, 75) is distgan's own; accelerate
+  # launch would turn every failure into 1
   exec python -m distgan.train --config "$CONFIG" --run-dir "$RUN_DIR" train.resume=auto "$@"
 fi

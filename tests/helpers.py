@@ -40,9 +40,10 @@ def launch_cmd(nproc: int, *args: str) -> list[str]:
 
 
 def child_env(extra: dict | None = None) -> dict:
-    """The environment of a child process: one intra-op thread (several ranks share 2 cores) and TMPDIR in
-    the session directory (torch elastic and W&B leave files in the temp dir)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra or {})}
+    """The environment of a child process: one intra-op thread unless OMP_NUM_THREADS says otherwise
+    (several ranks share 2 cores; OMP_NUM_THREADS=2 runs the multi-process tests in another reduction
+    order) and TMPDIR in the session directory (torch elastic and W&B leave files in the temp dir)."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(extra or {})}
     if os.environ.get("DISTGAN_TEST_TMPDIR"):
         env["TMPDIR"] = os.environ["DISTGAN_TEST_TMPDIR"]
     return env

@@ -8,6 +8,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -174,6 +175,12 @@ def test_codes_under_accelerate_launch_collapse_to_1_status_json_keeps_them(tmp_
     bad = train(tmp_path / "b", "train.max_steps=many", nproc=2, check=False)
     assert bad.returncode == 1 and bad.stderr.count("train.max_steps='many' must be an integer") == 1
     assert not (tmp_path / "b").exists()
+    # accelerate's one-process launcher (launch/single_gpu.yaml, which runs on the CPU where there is no GPU)
+    # turns 2 into 1 as well: why ./launch/train.sh runs one GPU as a plain process
+    one = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/single_gpu.yaml"]
+    p = run([*one, *train_cmd(tmp_path / "c", "train.max_steps=many")[1:]], check=False)
+    assert p.returncode == 1 and "train.max_steps='many' must be an integer" in p.stderr
+    assert not (tmp_path / "c").exists()
 
 
 # ------------------------------------------------------------------------------------ damage and NaNs

@@ -100,7 +100,8 @@ def test_preemption_checkpoints_requeues_and_finishes(cluster, tmp_path):
     assert "stopped on signal SIGUSR1 at step" in text
     stopped_at = int(text.split("stopped on signal SIGUSR1 at step ")[1].split(";")[0])
     assert 0 < stopped_at < steps and stopped_at % 5 == 0
-    assert "run state: stopped" in text.split("requeueing job")[0]
+    # the launcher's code is 1 for the stop (75 on the ranks): the requeue decision reads status.json
+    assert "training exited with code 1, run state: stopped" in text.split("requeueing job")[0]
     assert f"at step {stopped_at}" in text.split("requeueing job")[1], "the requeued job did not resume"
     assert f"finished at step {steps}" in text
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
