@@ -5,7 +5,7 @@ set -euo pipefail
 CONFIG=$1; RUN_DIR=$2; shift 2
 PY="${DISTGAN_PYTHON:-.venv/bin/python}"
 eval "$("$PY" -m distgan.slurm)"
-echo "[slurm] node $NODE_RANK/$NNODES on $(hostname): $NPROC_PER_NODE processes, main $MAIN_ADDR:$MAIN_PORT, cpu=$USE_CPU, cpus-per-task ${SLURM_CPUS_PER_TASK:-unset}"
+echo "[slurm] node $NODE_RANK/$NNODES on $(hostname): $NPROC_PER_NODE processes, main $MAIN_ADDR:$MAIN_PORT, cpu=$USE_CPU, cpus-per-task ${SLURM_CPUS_PER_TASK:-unset}, $(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) CPUs usable"
 export LOCAL_WORLD_SIZE="$NPROC_PER_NODE"   # srun leaves SLURM_NTASKS_PER_NODE empty; accelerate trips on that
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 [ "$USE_CPU" = 1 ] && export ACCELERATE_USE_CPU=1
