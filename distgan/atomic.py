@@ -1,6 +1,7 @@
 """One way to replace a file: write a temporary file beside it, fsync, rename, fsync the directory.
 
 A reader sees the old file or the new one, never a partial one; a failed write leaves no temporary file.
+Logs that grow a line at a time (metrics.jsonl, runs.jsonl) use :func:`append_line`: whole lines or none.
 """
 
 from __future__ import annotations
@@ -53,3 +54,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` (created if missing). A write that fails part way (a full
+    disk, a file-size limit) is cut back off, so the file keeps whole lines only, and the error raised."""
+    data = memoryview((line + "\n").encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)

@@ -111,8 +111,7 @@ def save(
         fsync_dir(tmp)
     except Exception as e:  # OSError, and the errors safetensors and torch.save wrap it in
         shutil.rmtree(tmp, ignore_errors=True)
-        latest = ckpt_root / "latest"
-        kept = latest.read_text().strip() if latest.is_file() else "none yet"
+        kept = latest_name(ckpt_root) or "none yet"
         raise CheckpointError(
             f"writing checkpoint {final.name} under {ckpt_root} failed: {e} (disk full, quota or a file-size "
             f"limit?). Nothing was replaced: checkpoints/latest still names {kept}. Free space and resume with "
@@ -201,6 +200,12 @@ def resolve(path: str | os.PathLike, warn=print) -> Path:
     if found is None:
         raise CheckpointError(f"no checkpoint found under {p} (looked for {root}/step-*/manifest.json)")
     return found
+
+
+def latest_name(ckpt_root: Path) -> str | None:
+    """The checkpoint name ``checkpoints/latest`` holds, or None before the first checkpoint."""
+    latest = ckpt_root / "latest"
+    return latest.read_text().strip() if latest.is_file() else None
 
 
 def find_latest_good(ckpt_root: Path, warn=print) -> Path | None:

@@ -12,9 +12,12 @@ every non-zero code of its workers; ``RUN/status.json`` records the state and th
 
 from __future__ import annotations
 
+import errno
 import signal
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_STOPPED = 0, 1, 2, 3, 75
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+"""errno values of a write that failed for lack of room (or a file system gone read-only): bad input, exit 2."""
 
 
 class BadInput(RuntimeError):

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from distgan import checkpoint as ckpt_lib
-from distgan.atomic import atomic_write_text
+from distgan.atomic import append_line, atomic_write_text
 from distgan.config import IDENTITY_KEYS, Config
 from distgan.errors import RunDirError  # noqa: E402
 
@@ -184,8 +184,8 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path / "config.yaml", self.cfg.to_yaml())
-            with open(self.path / "runs.jsonl", "a") as f:  # one line per start, so resumes stay visible
-                f.write(json.dumps({**run_metadata(), **meta}) + "\n")
+            # one line per start, so resumes stay visible
+            append_line(self.path / "runs.jsonl", json.dumps({**run_metadata(), **meta}))
         except OSError as e:
             raise RunDirError(
                 f"--run-dir {self.path} cannot be written ({e.strerror or e}); choose a writable path"

@@ -14,7 +14,7 @@ import einops
 import numpy as np
 import torch
 
-from distgan.atomic import atomic_path, atomic_write_text
+from distgan.atomic import append_line, atomic_path, atomic_write_text
 
 
 def wandb_mode(configured: str) -> str:
@@ -105,8 +105,7 @@ class Tracker(NullTracker):
 
     def log(self, step: int, metrics: dict) -> None:
         rec = {"step": step, "time": round(time.time() - self.t0, 3), **metrics}
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_line(self.metrics_path, json.dumps(rec))
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
         short = {"loss/D": "lossD", "loss/G": "lossG", "D(x)": "D(x)", "D(G(z))": "D(G(z))", "img/s": "img/s"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from distgan.config import Config, ConfigError
 from distgan.data.sampler import BatchLayout
 from distgan.data.source import build_source
 from distgan.ema import GeneratorAverage
-from distgan.errors import Diverged, StopRequested, exit_code
+from distgan.errors import DISK_FULL, Diverged, RunDirError, StopRequested, exit_code
 from distgan.evaluate import InTrainingEval
 from distgan.generate import generate, sample_noise, to_float
 from distgan.losses import LOSSES
@@ -273,6 +274,17 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_train_end(self)
             return logged
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                error = e
+                raise
+            # metrics, grids and evaluation files (a checkpoint's own write failure is a CheckpointError)
+            kept = ckpt_lib.latest_name(self.ckpt_root) or "none yet"
+            error = RunDirError(
+                f"writing the run dir failed at step {self.step}: {e}. Checkpoints are untouched "
+                f"(checkpoints/latest names {kept}); free space and resume with train.resume=auto"
+            )
+            raise error from e
         except BaseException as e:
             error = e
             raise
@@ -286,6 +298,8 @@ class Trainer:
         state = {0: "finished", 75: "stopped", 3: "diverged"}.get(code, "failed")
         try:
             self.rank0.run(self.rundir.write_status, state, self.step, code)
+        except OSError as e:  # a full disk: the error being reported matters more than the status file
+            print(f"[distgan] warning: could not write {self.run_dir / 'status.json'}: {e}", file=sys.stderr)
         finally:
             tracker.close()
 
@@ -336,8 +350,8 @@ class Trainer:
         values = values if values is not None else self.gan.guard.state().tolist()
         why = Guard.verdict(values, self.cfg.train.nonfinite, self.cfg.train.max_skip_streak)
         if why:
-            latest = self.ckpt_root / "latest"
-            last = self.ckpt_root / latest.read_text().strip() if latest.is_file() else None
+            name = ckpt_lib.latest_name(self.ckpt_root)
+            last = self.ckpt_root / name if name else None
             raise Diverged(
                 f"non-finite gradients by step {self.step} (skipped updates: D {int(values[0])}, G "
                 f"{int(values[1])}); stopping: {why}. The last good checkpoint is {last or 'none yet'}; "

@@ -278,6 +278,32 @@ def test_full_disk_keeps_the_previous_checkpoint(small_run, copy_run):
     assert status(run_dir)["state"] == "failed" and status(run_dir)["exit_code"] == 2
 
 
+@pytest.mark.slow
+def test_full_disk_while_logging_exits_2_and_keeps_whole_lines(small_run, copy_run):
+    """The limit falls inside metrics.jsonl's growth (the files written at start stay below it): the run
+    stops with exit 2 and one message, metrics.jsonl keeps whole lines, the checkpoints are untouched."""
+    run_dir = copy_run(small_run)
+    ckpts = run_dir / "checkpoints"
+    before = {p.name: tree_snapshot(p) for p in ckpts.iterdir() if p.is_dir()}
+    limit = max(f.stat().st_size for f in run_dir.iterdir() if f.is_file()) + 2000
+
+    def limit_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = train_cmd(run_dir, *SMALL, "train.resume=auto", "train.max_steps=200", "train.log_every=1")
+    p = subprocess.run(
+        cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300, preexec_fn=limit_size
+    )
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "writing the run dir failed at step" in p.stderr and "File too large" in p.stderr, p.stderr[-2000:]
+    assert "checkpoints/latest names step-000000020" in p.stderr and "Traceback" not in p.stderr
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]  # every line whole
+    assert 20 < steps[-1] < 200 and (run_dir / "metrics.jsonl").stat().st_size <= limit
+    assert {p.name: tree_snapshot(p) for p in ckpts.iterdir() if p.is_dir()} == before
+    assert status(run_dir)["state"] == "failed" and status(run_dir)["exit_code"] == 2
+
+
 # ------------------------------------------------------------------------------------ bad input
 def _unwritable(tmp_path: Path) -> Path:
     """A directory path that cannot be created: a read-only directory, or (as root, who ignores modes) sysfs."""
