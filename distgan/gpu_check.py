@@ -17,9 +17,9 @@ Sections, each in its own time box, each recorded (a failure is a line in the ta
 
 Without a GPU (or with ``--cpu``) the same sections run on the CPU at tiny sizes in fp32 and say so
 (tests/integration/test_gpu_check.py runs it that way, so it cannot rot before a GPU arrives). Only
-torch, accelerate, safetensors, einops, PyYAML and numpy are needed: W&B, WebDataset, torchvision and
-Pillow are optional (W&B is disabled, grids are skipped without Pillow, the textbook row needs
-torchvision's MNIST dataset).
+torch and accelerate (which brings safetensors, PyYAML and numpy) are needed: W&B, WebDataset, einops,
+torchvision and Pillow are optional (W&B is disabled, no grids are drawn, the textbook row needs
+torchvision's MNIST dataset); tests/integration/test_gpu_check.py runs it with those five hidden.
 """
 
 from __future__ import annotations
@@ -83,11 +83,12 @@ def environment(report: Report, gpu: bool) -> None:
         report.add(
             "no GPU (or --cpu): every section runs on the CPU at tiny sizes in fp32; figures are not GPU figures"
         )
-    opt = {
-        m: importlib.util.find_spec(m) is not None
-        for m in ("einops", "yaml", "numpy", "PIL", "torchvision", "wandb", "webdataset")
-    }
+    opt = {m: _installed(m) for m in ("einops", "yaml", "numpy", "PIL", "torchvision", "wandb", "webdataset")}
     report.add("packages: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in opt.items()))
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def _version(pkg: str) -> str:
@@ -128,7 +129,7 @@ def bench_rows(report: Report, gpu: bool, quick: bool, spare_s=lambda: float("in
     from distgan.config import load
 
     steps, warmup = (100, 10) if gpu and not quick else (3, 1)
-    have_tv = importlib.util.find_spec("torchvision") is not None
+    have_tv = _installed("torchvision")
     for config, gpu_rows in ROWS_GPU.items():
         base = [] if gpu else TINY_CPU[config]
         todo = [("textbook", "eager", "", [])] if have_tv else []
@@ -386,17 +387,9 @@ def main(argv=None) -> int:
         "mnist_paper run is cut to fit, leaving time for the later sections",
     )
     args = p.parse_args(argv)
-    missing = [
-        m
-        for m in ("torch", "accelerate", "safetensors", "einops", "yaml", "numpy")
-        if importlib.util.find_spec(m) is None
-    ]
+    missing = [m for m in ("torch", "accelerate", "safetensors", "yaml", "numpy") if not _installed(m)]
     if missing:
-        print(
-            f"distgan.gpu_check: missing {missing}; install them, or put pure-Python ones (einops) on PYTHONPATH: "
-            f"pip install --no-deps --target .gpu_deps einops (launch/gpu_check.sh adds .gpu_deps)",
-            file=sys.stderr,
-        )
+        print(f"distgan.gpu_check: missing {missing}; install torch and accelerate", file=sys.stderr)
         return 2
     import torch
 

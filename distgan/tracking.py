@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import einops
 import numpy as np
 import torch
 
@@ -28,6 +27,8 @@ def wandb_mode(configured: str) -> str:
 def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
     """uint8 ``[N, C, H, W]`` -> uint8 ``[H', W', C]`` grid, ``nrow`` images per row (default: a square), a
     ``pad``-pixel black border around every image (torchvision's make_grid layout, without importing it)."""
+    import einops  # here, not at the top: training and the GPU check run where einops is not installed
+
     n, c, h, w = images.shape
     nrow = nrow or int(math.ceil(math.sqrt(n)))
     rows = -(-n // nrow)
@@ -131,13 +132,14 @@ class Tracker(NullTracker):
             self.bar.update(n)
 
     def grid(self, step: int, images: torch.Tensor) -> None:
-        arr = image_grid(images)
         try:
+            arr = image_grid(images)
             save_png(arr, self.run_dir / "samples" / f"step-{step:09d}.png")
-        except ImportError:  # a GPU box with torch alone (launch/gpu_check.sh): no Pillow, no grids
+        except ImportError as e:  # a GPU box with torch and accelerate alone (launch/gpu_check.sh): no grids
             if not getattr(self, "_warned_png", False):
-                print("[distgan] Pillow is not installed: sample grids are not written", flush=True)
+                print(f"[distgan] {e.name} is not installed: sample grids are not written", flush=True)
                 self._warned_png = True
+            return
         if self.wandb is not None:
             import wandb
 

@@ -12,7 +12,6 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-import einops
 import torch
 from torch import nn
 
@@ -46,7 +45,7 @@ class MNISTClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features ``[B, 128]``, logits ``[B, 10]``) from normalised images."""
-        h = einops.rearrange(self.conv(x), "b c h w -> b (c h w)")
+        h = self.conv(x).flatten(1)
         feats = torch.relu(self.fc(h))
         return feats, self.head(self.drop(feats))
 

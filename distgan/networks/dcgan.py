@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import einops
 import torch
 from torch import nn
 
@@ -50,7 +49,7 @@ class DCGANGenerator28(nn.Module):
         _dcgan_init(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = einops.rearrange(self.fc(z), "b (c h w) -> b c h w", h=7, w=7)
+        h = self.fc(z).unflatten(1, (-1, 7, 7))
         return torch.tanh(self.up(h))
 
 
@@ -71,8 +70,8 @@ class DCGANDiscriminator28(nn.Module):
         _dcgan_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = einops.rearrange(self.net(x), "b c h w -> b (c h w)")
-        return einops.rearrange(self.fc(h), "b 1 -> b")
+        h = self.net(x).flatten(1)
+        return self.fc(h).squeeze(1)
 
 
 def _num_ups(size: int) -> int:
@@ -110,7 +109,7 @@ class DCGANGenerator(nn.Module):
         _dcgan_init(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(einops.rearrange(z, "b z -> b z 1 1")))
+        return torch.tanh(self.net(z[:, :, None, None]))
 
 
 class DCGANDiscriminator(nn.Module):
@@ -134,5 +133,5 @@ class DCGANDiscriminator(nn.Module):
             _dcgan_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = einops.rearrange(self.net(x), "b c h w -> b (c h w)")
-        return einops.rearrange(self.fc(h), "b 1 -> b")
+        h = self.net(x).flatten(1)
+        return self.fc(h).squeeze(1)

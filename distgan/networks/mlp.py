@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import einops
 import torch
 from torch import nn
 
@@ -43,7 +42,7 @@ class PaperMLPGenerator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         c, h, w = self.image_shape
         x = torch.sigmoid(self.net(z))
-        return einops.rearrange(x, "b (c h w) -> b c h w", c=c, h=h, w=w)
+        return x.unflatten(1, (c, h, w))
 
 
 class Maxout(nn.Module):
@@ -57,7 +56,7 @@ class Maxout(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, x):
-        return einops.reduce(self.linear(x), "b (u p) -> b u", "max", p=self.pieces)
+        return self.linear(x).unflatten(1, (-1, self.pieces)).amax(2)  # [b, u * p] -> [b, u, p] -> [b, u]
 
 
 class PaperMaxoutDiscriminator(nn.Module):
@@ -87,7 +86,7 @@ class PaperMaxoutDiscriminator(nn.Module):
         nn.init.zeros_(self.y.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = einops.rearrange(x, "b c h w -> b (c h w)")
+        x = x.flatten(1)
         h = self.h0(self.drop_in(x))
         h = self.h1(self.drop_h0(h))
-        return einops.rearrange(self.y(self.drop_h1(h)), "b 1 -> b")
+        return self.y(self.drop_h1(h)).squeeze(1)

@@ -1,5 +1,6 @@
 """launch/gpu_check.sh, as it runs without a GPU: every section on the CPU at tiny sizes, so the script
-that will meet the first GPU cannot rot before then."""
+that will meet the first GPU cannot rot before then. It runs as on a GPU box that has only torch and
+accelerate: the optional packages are hidden from every process it starts."""
 
 import pytest
 
@@ -7,11 +8,28 @@ from tests.helpers import REPO, child_env, run
 
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 
+OPTIONAL = ("wandb", "webdataset", "einops", "torchvision", "PIL")
+# sys.path's finder, made blind to the optional packages: find_spec gives None and import fails, as when
+# they are not installed
+HIDE = f"""import sys
+from importlib.machinery import PathFinder
+class _Blind(PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return None if name.split(".")[0] in {OPTIONAL!r} else PathFinder.find_spec(name, path, target)
+sys.meta_path[:] = [_Blind if f is PathFinder else f for f in sys.meta_path]
+"""
+
 
 def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
     out = tmp_path / "gpu_check.txt"
-    p = run(["bash", str(REPO / "launch" / "gpu_check.sh"), "--out", str(out)], env=child_env(), timeout=360)
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE)  # imported at start by every Python process it launches
+    env = child_env({"PYTHONPATH": str(hide)})
+    p = run(["bash", str(REPO / "launch" / "gpu_check.sh"), "--out", str(out)], env=env, timeout=360)
     text = out.read_text()
+    assert "einops no" in text and "wandb no" in text and "torchvision no" in text, text[:2000]
     assert all(line in p.stdout for line in text.splitlines()), "the file is what was printed"
     assert "CPU, tiny sizes, fp32" in text and "FAILED" not in text, text[-3000:]
     for n in range(1, 6):
