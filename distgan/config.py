@@ -27,6 +27,7 @@ IDENTITY_KEYS = (
     "train.batch_size",
     "train.d_steps",
     "train.seed",
+    "optim.name",
     "model.*",
     "data.dataset",
     "data.urls",
@@ -34,7 +35,8 @@ IDENTITY_KEYS = (
     "data.channels",
 )
 """Config keys that define *what* is trained. A resume that changes one of them is refused unless the key
-is named in ``train.allow_changed`` (``model.*`` stands for every key of the model section)."""
+is named in ``train.allow_changed`` (``model.*`` stands for every key of the model section). An allowed
+change of ``optim.name`` starts the new optimizer fresh: another optimizer's state does not carry over."""
 
 
 def _choices(name: str, value: str, allowed) -> None:
@@ -225,9 +227,9 @@ class TrainConfig:
     resume: str = "no"
     """``no`` (refuse a run dir that has checkpoints), ``auto`` (latest good checkpoint, fresh if none) or a path."""
     allow_changed: str = ""
-    """Comma list of identity keys (``distgan.config.IDENTITY_KEYS``: batch size, k, seed, model, data) that may
-    differ from the resumed checkpoint's config; any other change is refused. Accepted changes are recorded
-    in ``RUN/runs.jsonl``."""
+    """Comma list of identity keys (``distgan.config.IDENTITY_KEYS``: batch size, k, seed, optimizer, model,
+    data) that may differ from the resumed checkpoint's config; any other change is refused. Accepted changes
+    are recorded in ``RUN/runs.jsonl``; a changed optimizer starts fresh."""
     log_every: int = 50
     """Read, reduce and log metrics every this many steps (no host sync in between). Ranks also agree here
     whether a stop signal (SIGTERM, SIGUSR1) arrived on any of them: a stop takes effect within this many

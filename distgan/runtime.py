@@ -211,6 +211,28 @@ class RankZero:
         return out[0]
 
 
+def on_every_rank(fn, world: int, error_cls: type[Exception]):
+    """``fn()`` on every rank, then agree (a collective: all call it): if it raised on any rank, every rank
+    raises, so none goes on to wait for the failed one at the next collective until the timeout.
+    A rank that failed raises its own exception; the others ``error_cls`` naming it."""
+    result, error = None, None
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - re-raised below, here or on the other ranks
+        error = e
+    if world == 1:
+        if error is not None:
+            raise error
+        return result
+    failures = gather_objects(None if error is None else f"{type(error).__name__}: {error}", world)
+    if error is not None:
+        raise error
+    failed = [(r, msg) for r, msg in enumerate(failures) if msg is not None]
+    if failed:
+        raise error_cls("; ".join(f"rank {r} failed: {msg}" for r, msg in failed))
+    return result
+
+
 def backend() -> str:
     import torch.distributed as dist
 

@@ -32,7 +32,7 @@ from distgan.config import Config, ConfigError
 from distgan.data.sampler import BatchLayout
 from distgan.data.source import build_source
 from distgan.ema import GeneratorAverage
-from distgan.errors import DISK_FULL, Diverged, RunDirError, StopRequested, exit_code
+from distgan.errors import DISK_FULL, CheckpointError, Diverged, RunDirError, StopRequested, exit_code
 from distgan.evaluate import InTrainingEval
 from distgan.generate import generate, sample_noise, to_float
 from distgan.losses import LOSSES
@@ -50,6 +50,7 @@ from distgan.runtime import (
     gather_objects,
     make_scaler,
     maybe_compile,
+    on_every_rank,
     resolve_precision,
     rng_state,
     seed_step,
@@ -163,8 +164,11 @@ class Trainer:
         g = torch.Generator().manual_seed(cfg.train.seed + 0xF1C5)
         self.fixed_noise = sample_noise(64, cfg.model.z_dim, cfg.model.noise, "cpu", g)
 
-        if resume_from is not None:
-            self.load_state_dict(ckpt_lib.load_trainer_state(resume_from, self._modules()), resume_from)
+        if resume_from is not None:  # every rank reads it; one that cannot stops them all
+            state = on_every_rank(
+                lambda: ckpt_lib.load_trainer_state(resume_from, self._modules()), self.world, CheckpointError
+            )
+            self.load_state_dict(state, resume_from, optimizers="optim.name" not in changes)
         self._announce(resume_from, changes, G)
         meta = {
             "world_size": self.world,
@@ -465,13 +469,15 @@ class Trainer:
             },
         }
 
-    def load_state_dict(self, state: dict, source: Path | str = "the checkpoint") -> None:
-        """Restore ``state_dict()``'s output (networks already checked to fit by checkpoint.load_trainer_state)."""
+    def load_state_dict(self, state: dict, source: Path | str = "the checkpoint", optimizers: bool = True) -> None:
+        """Restore ``state_dict()``'s output (networks already checked to fit by checkpoint.load_trainer_state);
+        ``optimizers=False`` keeps the optimizers fresh (another optimizer's state cannot be loaded)."""
         for k, m in self._modules().items():
             m.load_state_dict(state["networks"][k])
         tr = state["training"]
-        self.G.opt.load_state_dict(tr["opt_G"])
-        self.D.opt.load_state_dict(tr["opt_D"])
+        if optimizers:
+            self.G.opt.load_state_dict(tr["opt_G"])
+            self.D.opt.load_state_dict(tr["opt_D"])
         for net, key in ((self.G, "scaler_G"), (self.D, "scaler_D")):
             if net.scaler is not None and tr.get(key):
                 net.scaler.load_state_dict(tr[key])

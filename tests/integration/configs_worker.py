@@ -19,14 +19,15 @@ from distgan.config import load  # noqa: E402
 from distgan.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-# What changes from the shipped configs is only how long and how much is looked at: 2 steps, a checkpoint
-# (whose replica check compares every tensor across ranks), evaluation on 200 samples, the EMA generator's
-# BatchNorm re-estimated from 2 batches (output only), and shards decoded in the training process (each
-# DataLoader worker is one more interpreter on these 2 cores) through a shuffle buffer of 16 (the
-# configs' 2,000 would decode 2,000 images per rank before the first batch).
+# What changes from the shipped configs is only how long and how much is looked at: 2 steps, a replica check
+# after each (every tensor compared across ranks), a checkpoint, evaluation on 200 samples, the EMA
+# generator's BatchNorm re-estimated from 2 batches (output only), and shards decoded in the training
+# process (each DataLoader worker is one more interpreter on these 2 cores) through a shuffle buffer of 16
+# (the configs' 2,000 would decode 2,000 images per rank before the first batch).
 STEPS = [
     "train.max_steps=2",
     "train.ckpt_every=2",
+    "train.consistency_every=1",
     "train.log_every=1",
     "train.sample_every=0",
     "train.progress=false",

@@ -1,9 +1,11 @@
 """Real multi-process runs (accelerate launch, CPU ranks on gloo) and what only they can show."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from tests.helpers import run, worker_cmd
+from tests.helpers import free_port, run, worker_cmd
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 # A small paper-MLP model keeps every run to seconds; no EMA ramp-up so the EMA moves from step 1.
@@ -287,3 +289,44 @@ def test_replica_mismatch_stops_the_run_naming_the_tensor(tmp_path):
     import json
 
     assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
+
+
+def _agree(rank: int, port: int, out: str, fail_on: int):
+    """One rank of a 2-rank gloo group calling runtime.on_every_rank; writes what it got."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from distgan.errors import CheckpointError
+    from distgan.runtime import on_every_rank
+
+    dist.init_process_group(
+        "gloo", f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
+    )
+
+    def load():
+        if rank == fail_on:
+            raise OSError("read error on this rank's file system")
+        return 7
+
+    try:
+        got = f"returned {on_every_rank(load, 2, CheckpointError)}"
+    except Exception as e:  # noqa: BLE001 - what each rank raised is the result
+        got = f"{type(e).__name__}: {e}"
+    Path(out, str(rank)).write_text(got)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fail_on", [None, 1])
+def test_a_resume_read_error_on_one_rank_stops_every_rank(tmp_path, fail_on):
+    """Every rank loads the resume checkpoint; one that cannot makes all raise (none waits at the next
+    collective for a rank that is gone). Real gloo processes."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_agree, args=(free_port(), str(tmp_path), fail_on), nprocs=2, join=True)
+    got = [(tmp_path / str(r)).read_text() for r in (0, 1)]
+    if fail_on is None:
+        assert got == ["returned 7", "returned 7"]
+    else:
+        assert got[1] == "OSError: read error on this rank's file system"
+        assert got[0] == "CheckpointError: rank 1 failed: OSError: read error on this rank's file system"

@@ -341,6 +341,7 @@ BAD_INPUT = [
     ("batch", ["train.batch_size=50"], "train.batch_size 100 -> 50"),
     ("k", ["train.d_steps=2"], "train.d_steps 1 -> 2"),
     ("seed", ["train.seed=1"], "train.seed 0 -> 1"),
+    ("optimizer", ["optim.name=sgd"], "optim.name 'adam' -> 'sgd'"),
     (
         "model",
         ["model.width=32"],
@@ -375,6 +376,20 @@ def test_bad_input_clear_error_nothing_changed(small_run, overrides, message):
     assert message in p.stderr
     assert p.stderr.count("distgan: ") == 1
     assert tree_snapshot(small_run) == before
+
+
+def test_allowed_optimizer_change_starts_it_fresh(small_run, copy_run):
+    """Adam's state cannot be loaded into SGD: an allowed change of optim.name trains on with a fresh SGD."""
+    run_dir = copy_run(small_run)
+    p = train_here(
+        run_dir, *SMALL, "train.resume=auto", "train.max_steps=25", "optim.name=sgd", "train.allow_changed=optim.name"
+    )
+    assert "accepted on resume (train.allow_changed): optim.name 'adam' -> 'sgd'" in p.stdout
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+    state = torch.load(run_dir / "checkpoints" / "step-000000025" / "state.pt", weights_only=True)
+    for opt in ("opt_G", "opt_D"):
+        assert state[opt]["param_groups"][0]["momentum"] > 0 and "betas" not in state[opt]["param_groups"][0]
+        assert all("exp_avg" not in s for s in state[opt]["state"].values())
 
 
 @pytest.mark.parametrize("damage", ["latest-missing", "manifest-json", "manifest-explicit"])
