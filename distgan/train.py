@@ -16,6 +16,8 @@ any non-zero code: RUN/status.json holds the state and the code.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import os
 import sys
 from pathlib import Path
@@ -57,6 +59,10 @@ def main(argv=None, *, trainer_cls=None, callbacks=()) -> int:
     """Parse, build, train; return the exit code. ``trainer_cls`` (a Trainer subclass overriding the
     documented data hooks) and ``callbacks`` (``distgan.callbacks.Callback``) are for embedding and tests."""
     args = parse_args(argv)
+    # a crash in native code (a segfault, an abort in a communication library) prints every thread's Python
+    # stack: in a job log of many ranks, the only clue to where one died
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # a stderr without a file (embedded)
+        faulthandler.enable()
     from distgan.config import load, reference
 
     if args.help_config:

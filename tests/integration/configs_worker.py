@@ -7,6 +7,7 @@ process group per config would spend most of the test starting interpreters). Us
     python configs_worker.py OUT SHARDS_64 SHARDS_STACKED [config ...]
 """
 
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ STEPS = [
 
 
 def main():
+    faulthandler.enable()  # an abort in native code (SIGABRT) still prints where each thread was
     out, shards64, stacked = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     names = sys.argv[4:] or sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
     wds = ["data.workers=0", "data.shuffle_buffer=16"]
