@@ -50,7 +50,8 @@ class BatchLayout:
     def describe(self) -> str:
         lo, hi = min(self.rank_sizes), max(self.rank_sizes)
         per = f"{lo}" if lo == hi else f"{lo}-{hi}"
-        return f"{self.world} ranks x {per} images" + (f" in {self.accum} micro-batches" if self.accum > 1 else "")
+        ranks = f"{self.world} rank{'s' if self.world > 1 else ''}"
+        return f"{ranks} x {per} images" + (f" in {self.accum} micro-batches" if self.accum > 1 else "")
 
 
 class ShardedBatches:
