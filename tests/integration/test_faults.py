@@ -254,21 +254,27 @@ def test_skip_streak_stops_the_run(tmp_path):
     assert "stopping: 5 consecutive steps with skipped updates (train.max_skip_streak=3)" in p.stderr
 
 
-@pytest.mark.slow
-def test_full_disk_keeps_the_previous_checkpoint(small_run, copy_run):
-    """A file-size limit below one checkpoint file stands in for a full disk (the write fails with EFBIG)."""
-    run_dir = copy_run(small_run)
-    ckpts = run_dir / "checkpoints"
-    before = {p.name: tree_snapshot(p) for p in ckpts.iterdir() if p.is_dir()}
-    limit = 200_000  # G.safetensors at width 64 is about 280 kB; metrics and status lines are far below
+def train_with_file_size_limit(run_dir, limit: int, *overrides) -> subprocess.CompletedProcess:
+    """Resume ``run_dir`` under RLIMIT_FSIZE = ``limit`` bytes: a stand-in for a full disk (a write past the
+    limit fails with EFBIG after writing what fits, as ENOSPC does)."""
 
     def limit_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    cmd = train_cmd(run_dir, *SMALL, "train.resume=auto", "train.max_steps=30", "train.ckpt_every=10")
-    p = subprocess.run(
+    cmd = train_cmd(run_dir, *SMALL, "train.resume=auto", *overrides)
+    return subprocess.run(
         cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300, preexec_fn=limit_size
     )
+
+
+@pytest.mark.slow
+def test_full_disk_keeps_the_previous_checkpoint(small_run, copy_run):
+    """A file-size limit below one checkpoint file: the checkpoint write fails."""
+    run_dir = copy_run(small_run)
+    ckpts = run_dir / "checkpoints"
+    before = {p.name: tree_snapshot(p) for p in ckpts.iterdir() if p.is_dir()}
+    # G.safetensors at width 64 is about 280 kB; metrics and status lines are far below
+    p = train_with_file_size_limit(run_dir, 200_000, "train.max_steps=30", "train.ckpt_every=10")
     assert p.returncode == 2, p.stderr[-2000:]
     assert "writing checkpoint step-000000030" in p.stderr and "File too large" in p.stderr
     assert "checkpoints/latest still names step-000000020" in p.stderr and "Traceback" not in p.stderr
@@ -286,14 +292,7 @@ def test_full_disk_while_logging_exits_2_and_keeps_whole_lines(small_run, copy_r
     ckpts = run_dir / "checkpoints"
     before = {p.name: tree_snapshot(p) for p in ckpts.iterdir() if p.is_dir()}
     limit = max(f.stat().st_size for f in run_dir.iterdir() if f.is_file()) + 2000
-
-    def limit_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    cmd = train_cmd(run_dir, *SMALL, "train.resume=auto", "train.max_steps=200", "train.log_every=1")
-    p = subprocess.run(
-        cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300, preexec_fn=limit_size
-    )
+    p = train_with_file_size_limit(run_dir, limit, "train.max_steps=200", "train.log_every=1")
     assert p.returncode == 2, p.stderr[-2000:]
     assert "writing the run dir failed at step" in p.stderr and "File too large" in p.stderr, p.stderr[-2000:]
     assert "checkpoints/latest names step-000000020" in p.stderr and "Traceback" not in p.stderr
