@@ -37,7 +37,7 @@ from distgan.generate import fixed_noise, generate
 from distgan.metrics import suite
 from distgan.metrics.classifier import features_and_probs, load_classifier
 from distgan.metrics.suite import FIGURES, parse_metrics
-from distgan.runtime import gather_objects
+from distgan.runtime import gather_objects, leave_process_group
 from distgan.sample import load_generator
 
 
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     # scores, with gloo's threads alive, can abort in teardown ("terminate called without an active
     # exception", exit -6). An exception skips this: the launcher then stops the other ranks.
     state.wait_for_everyone()
-    state.destroy_process_group()
+    leave_process_group()
     return code
 
 

@@ -233,6 +233,15 @@ def on_every_rank(fn, world: int, error_cls: type[Exception]):
     return result
 
 
+def leave_process_group() -> None:
+    """Destroy the default process group, if there is one; local, no barrier. A process that exits with a
+    live gloo group can abort in teardown ("terminate called without an active exception", exit -6)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def backend() -> str:
     import torch.distributed as dist
 

@@ -79,12 +79,14 @@ def main(argv=None, *, trainer_cls=None, callbacks=()) -> int:
         print(cfg.to_yaml(), end="")
         return EXIT_OK
 
+    from distgan.runtime import leave_process_group
     from distgan.trainer import Trainer
 
     try:
         trainer = (trainer_cls or Trainer)(cfg, run_dir, callbacks=callbacks)
     except BadInput as e:
         _error(e)
+        leave_process_group()
         return EXIT_BAD_INPUT
     code = EXIT_OK
     try:
@@ -95,9 +97,7 @@ def main(argv=None, *, trainer_cls=None, callbacks=()) -> int:
     except (BadInput, Diverged, ReplicaMismatch) as e:
         # a stream's DataError can hit one rank alone; the others are collective decisions
         _error(e, every_rank=isinstance(e, DataError))
-        # the process group goes down (a live gloo group can abort at exit), with no barrier first: a
-        # DataError may be one rank's alone
-        trainer.acc.end_training()
+        leave_process_group()  # no barrier first: a DataError may be one rank's alone
         return exit_code(e)
     else:
         trainer.rank0.print(f"[distgan] finished at step {trainer.step}; checkpoints in {trainer.ckpt_root}")
