@@ -6,8 +6,8 @@
     3   diverged: non-finite gradients under train.nonfinite=stop, or a streak of skipped updates
     75  stopped by SIGTERM/SIGUSR1 after every rank agreed and a checkpoint was written (EX_TEMPFAIL: resume)
 
-Under a multi-process launcher (``accelerate launch``, torchrun) the launcher's own exit code is 1 for
-every non-zero code of its workers; ``RUN/status.json`` records the state and the code (see README).
+``accelerate launch`` (with any number of processes, one included) and torchrun exit 1 for every non-zero
+code of their workers; ``RUN/status.json`` records the state and the code (docs/reliability.md).
 """
 
 from __future__ import annotations

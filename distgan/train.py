@@ -6,11 +6,8 @@ Overrides are dotted ``section.key=value`` pairs (``train.max_steps=200 optim.lr
 over the environment ($DISTGAN_DATA_DIR, $WANDB_MODE), which wins over the YAML file. ``--dry-run``
 prints the resolved config.
 
-Exit codes (``distgan.errors``): 0 finished; 1 anything else; 2 bad input (config, data, run dir,
-checkpoint), nothing written or changed; 3 diverged, the last good checkpoint kept; 75 stopped by
-SIGTERM/SIGUSR1 after every rank agreed and a checkpoint was written (resume with train.resume=auto).
-Under ``accelerate launch`` (any number of processes, one included) or torchrun the launcher exits 1 for
-any non-zero code: RUN/status.json holds the state and the code.
+The exit code is distgan's own (0, 1, 2, 3, 75: ``distgan.errors`` says what each means); under a launcher
+it is also in RUN/status.json.
 """
 
 from __future__ import annotations
