@@ -144,3 +144,20 @@ def train_here(run_dir, *overrides: str, config: str = "configs/debug.yaml", env
     return call(
         "distgan.train", "--config", config, "--run-dir", str(run_dir), *QUIET, *overrides, env=env, check=check
     )
+
+
+# A rounding bound for two float32 runs of the same plain-SGD update that sum in different orders (the
+# derivation is beside the equivalence tests in tests/integration/test_distributed.py).
+U = 2.0**-24
+ROUNDING = 2 * 8 * 8192 * U  # 2 L N u: L = 8 nested sums of at most N = 8192 terms
+
+
+def deviation(a: dict, b: dict, init: dict) -> float:
+    """max over tensors and elements of |a - b| / (2 L N u m + 2 u |p|), m = the tensor's largest update in
+    ``b`` since ``init``: below 1 is rounding, above 1 is a real difference."""
+    worst = 0.0
+    for k in b:
+        m = (b[k] - init[k]).abs().max()
+        tol = ROUNDING * m + 2 * U * b[k].abs()
+        worst = max(worst, ((a[k] - b[k]).abs() / tol.clamp_min(1e-30)).max().item())
+    return worst

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import free_port, run, worker_cmd
+from tests.helpers import deviation, free_port, run, worker_cmd
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 # A small paper-MLP model keeps every run to seconds; no EMA ramp-up so the EMA moves from step 1.
@@ -134,19 +134,7 @@ STEPS = ["train.max_steps=2", "train.ckpt_every=2"]
 # update): 0.034 of that bound for D, below 1e-4 for G. A wrong reduction moves elements by a good fraction
 # of m: the negative controls measure 18 to 170 times the bound (the uneven split's, where the wrong
 # weights are off by 1/13 only, 23 for G and 3 for D).
-U = 2.0**-24
-ROUNDING = 2 * 8 * 8192 * U
-
-
-def deviation(a: dict, b: dict, init: dict) -> float:
-    """max over tensors and elements of |a - b| / (2 L N u m + 2 u |p|), m = the tensor's largest update in
-    ``b``: below 1 is rounding, above 1 is a real difference. a, b: the states after one update from init."""
-    worst = 0.0
-    for k in b:
-        m = (b[k] - init[k]).abs().max()
-        tol = ROUNDING * m + 2 * U * b[k].abs()
-        worst = max(worst, ((a[k] - b[k]).abs() / tol.clamp_min(1e-30)).max().item())
-    return worst
+# (tests.helpers.deviation computes it: ROUNDING = 2 L N u with L = 8, N = 8192.)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import torch
 
 from distgan.config import load
 from distgan.trainer import Trainer
+from tests.helpers import deviation
 
 SMALL = ["model.width=32", "train.batch_size=16", "train.progress=false", "wandb.mode=disabled", "ema.enabled=false"]
 
@@ -23,12 +24,18 @@ def params(tr):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_compiled_equals_eager_after_every_step(tmp_path, data_dir):
+    """Inductor fuses and reorders float operations, so compiled and eager agree within the rounding bound of
+    plain SGD (tests.helpers.deviation; Adam would magnify rounding on tiny-variance weights and hide a wrong
+    scale). The bound is on the update since the start: measured at most 0.23 of it over these 4 steps,
+    where a lost or doubled update is many times over it."""
     # fallback_random: inductor draws dropout masks from the same generator as eager.
-    eager = make(tmp_path, "eager", data_dir, ["compile.fallback_random=true"])
-    comp = make(tmp_path, "comp", data_dir, ["compile.enabled=true", "compile.fallback_random=true"])
+    sgd = ["optim.name=sgd", "optim.lr=0.1", "optim.momentum=0", "optim.final_momentum=0"]
+    eager = make(tmp_path, "eager", data_dir, ["compile.fallback_random=true", *sgd])
+    comp = make(tmp_path, "comp", data_dir, ["compile.enabled=true", "compile.fallback_random=true", *sgd])
     for a, b in zip(params(eager).values(), params(comp).values()):
         assert torch.equal(a, b)
-    prev = {k: v.detach().clone() for k, v in params(comp).items()}
+    init = {k: v.detach().clone() for k, v in params(eager).items()}
+    prev = dict(init)
     from torch._dynamo.utils import counters
 
     counters.clear()
@@ -38,9 +45,9 @@ def test_compiled_equals_eager_after_every_step(tmp_path, data_dir):
         comp.train_step(step)
         graphs.append(counters["stats"]["unique_graphs"])
         pe, pc = params(eager), params(comp)
+        dev = deviation({k: v.detach() for k, v in pc.items()}, {k: v.detach() for k, v in pe.items()}, init)
+        assert dev <= 1.0, f"step {step}: {dev:.3g} x the rounding bound"
         for k in pe:
-            where = f"step {step} {k}"
-            torch.testing.assert_close(pc[k], pe[k], rtol=1e-4, atol=1e-5, msg=lambda m, where=where: f"{where}: {m}")
             assert not torch.equal(pc[k], prev[k]), f"step {step}: compiled {k} got no update"
         prev = {k: v.detach().clone() for k, v in pc.items()}
     # The compiler really ran (a silent fallback to eager would compare eager with eager): dynamo captured
