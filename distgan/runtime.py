@@ -220,10 +220,6 @@ def on_every_rank(fn, world: int, error_cls: type[Exception]):
         result = fn()
     except Exception as e:  # noqa: BLE001 - re-raised below, here or on the other ranks
         error = e
-    if world == 1:
-        if error is not None:
-            raise error
-        return result
     failures = gather_objects(None if error is None else f"{type(error).__name__}: {error}", world)
     if error is not None:
         raise error

@@ -278,19 +278,16 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_train_end(self)
             return logged
-        except OSError as e:
-            if e.errno not in DISK_FULL:
-                error = e
-                raise
-            # metrics, grids and evaluation files (a checkpoint's own write failure is a CheckpointError)
-            kept = ckpt_lib.latest_name(self.ckpt_root) or "none yet"
-            error = RunDirError(
-                f"writing the run dir failed at step {self.step}: {e}. Checkpoints are untouched "
-                f"(checkpoints/latest names {kept}); free space and resume with train.resume=auto"
-            )
-            raise error from e
         except BaseException as e:
             error = e
+            if isinstance(e, OSError) and e.errno in DISK_FULL:
+                # metrics, grids and evaluation files (a checkpoint's own write failure is a CheckpointError)
+                kept = ckpt_lib.latest_name(self.ckpt_root) or "none yet"
+                error = RunDirError(
+                    f"writing the run dir failed at step {self.step}: {e}. Checkpoints are untouched "
+                    f"(checkpoints/latest names {kept}); free space and resume with train.resume=auto"
+                )
+                raise error from e
             raise
         finally:
             self._finish(tracker, error)
