@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-os.environ.setdefault("DISTGAN_DATA_DIR", str((REPO.parent / "shared" / "data").resolve()))
+os.environ.setdefault("DISTGAN_DATA_DIR", str(REPO.parent / "shared" / "data"))
+# absolute: a relative one (DISTGAN_DATA_DIR=../shared/data) would name another folder for a child process
+# started elsewhere and for the symlinks tests make to the MNIST files
+os.environ["DISTGAN_DATA_DIR"] = str(Path(os.environ["DISTGAN_DATA_DIR"]).resolve())
 # Not setdefault: CI exports WANDB_MODE=offline for the W&B tests, and every other test must not start a run.
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["WANDB_SILENT"] = "true"
