@@ -201,15 +201,21 @@ def _row_trainer(tr, cfg, steps: int, warmup: int, t_build: float) -> dict:
             phases["data"] += b - a
             phases["D"] += c - b
         a = time.perf_counter()
-        tr.gan.g_step([tr.noise(n) for n in tr.micro_sizes])
+        tr.gan.g_step([tr.noise(n) for n in tr.micro_sizes], reals if tr.gan.loss.needs_real_in_g else None)
         tr.gan.end_step()
         _sync(dev)
         phases["G"] += time.perf_counter() - a
-    # Kernels and FLOPs of a step without the lazy R1 update (its double backward cannot run under torch's
-    # dispatch modes, and it comes once in loss.r1_every steps); FLOPs counted eagerly: compiled code runs
-    # inductor kernels the counter cannot see.
+    # Kernels and FLOPs of a step without the R1/R2 update (its double backward cannot run under torch's
+    # dispatch modes; lazy, it comes once in loss.r1_every steps; every step, it is left out of these two
+    # columns and counted in img/s only); FLOPs counted eagerly: compiled code runs inductor kernels the
+    # counter cannot see.
     s_next = warmup + steps + n_ph
-    while cfg.loss.r1_gamma and s_next % cfg.loss.r1_every == 0:
+    regularised = cfg.loss.r1_gamma or cfg.loss.r2_gamma
+    if regularised and cfg.loss.r1_every == 1:
+        tr.cfg = build(
+            {**cfg.to_dict(), "loss": {**cfg.to_dict()["loss"], "r1_gamma": 0.0, "r2_gamma": 0.0, "gamma_end": 0.0}}
+        )
+    while regularised and cfg.loss.r1_every > 1 and s_next % cfg.loss.r1_every == 0:
         s_next += 1
     kernels = kernels_per_step(lambda: step(s_next), dev, cfg.compile.enabled)
     with torch.compiler.set_stance("force_eager"):

@@ -21,7 +21,8 @@ import yaml
 from distgan.errors import ConfigError  # noqa: F401 - re-exported: ``from distgan.config import ConfigError``
 from distgan.losses import LOSSES
 from distgan.metrics.suite import RGB_METRICS, figures_of, parse_metrics
-from distgan.networks import DISCRIMINATORS, GENERATORS, SPECTRAL_NORM
+from distgan.networks import DISCRIMINATORS, GENERATORS, RESNET_DEFAULT_WIDTH, RESNETS, SPECTRAL_NORM
+from distgan.networks.r3gan import SIZES as R3GAN_SIZES
 
 IDENTITY_KEYS = (
     "train.batch_size",
@@ -65,6 +66,11 @@ class ModelConfig:
     """Convert BatchNorm layers to SyncBatchNorm under DDP (conv nets)."""
     d_spectral_norm: bool = False
     """Spectral normalisation on every layer of D (``dcgan``); pair it with ``loss.name=hinge``."""
+    blocks: int = 0
+    """``r3gan``: residual blocks per resolution stage (0: the architecture's default, 2)."""
+    cardinality: int = 0
+    """``r3gan``: groups of each block's 3x3 convolution (ResNeXt cardinality); the block's inner width,
+    2 x ``width``, must divide by it (0: the architecture's default, 8)."""
 
     def __post_init__(self):
 
@@ -73,6 +79,21 @@ class ModelConfig:
         _choices("model.noise", self.noise, {"uniform", "normal"})
         _positive("model.z_dim", self.z_dim)
         _positive("model.width", self.width, zero_ok=True)
+        _positive("model.blocks", self.blocks, zero_ok=True)
+        _positive("model.cardinality", self.cardinality, zero_ok=True)
+        uses = [n for n in ("generator", "discriminator") if getattr(self, n) in RESNETS]
+        if (self.blocks or self.cardinality) and not uses:
+            raise ConfigError(
+                f"model.blocks and model.cardinality apply to the residual networks {sorted(RESNETS)}; "
+                f"model.generator={self.generator!r} and model.discriminator={self.discriminator!r} take neither"
+            )
+        if uses and self.cardinality:
+            inner = 2 * (self.width or RESNET_DEFAULT_WIDTH)
+            if inner % self.cardinality:
+                raise ConfigError(
+                    f"model.cardinality={self.cardinality} must divide the blocks' inner width 2 x model.width = "
+                    f"{inner}; choose a divisor of {inner}"
+                )
 
 
 @dataclass
@@ -129,18 +150,35 @@ class DataConfig:
 @dataclass
 class LossConfig:
     name: str = "nonsaturating"
-    """GAN loss, a key of ``distgan.losses.LOSSES``: minimax (Algorithm 1), nonsaturating (paper s.3), hinge."""
+    """GAN loss, a key of ``distgan.losses.LOSSES``: minimax (Algorithm 1), nonsaturating (paper s.3), hinge,
+    rpgan (relativistic pairing, R3GAN). rpgan's G step needs real images: it judges this rank's real
+    micro-batch of the last D update again (no extra data read), one D forward of [real, fake], so D's
+    forward and input-backward in G's phase cover twice the images of the other losses."""
     r1_gamma: float = 0.0
     """R1 penalty weight (Mescheder et al. 2018): gamma/2 E||grad_x D(x)||^2 on real images (0: off)."""
+    r2_gamma: float = 0.0
+    """R2 penalty weight: gamma/2 E||grad D(G(z))||^2 on the fakes of the last D update (0: off). With R1
+    and rpgan it is the R3GAN objective; R1 and R2 share one D forward and one update (d_reg_step)."""
     r1_every: int = 16
-    """Lazy regularisation (StyleGAN2): apply R1 every this many steps, scaled by the interval. It runs
-    eagerly, outside torch.compile (double backward does not compile)."""
+    """Apply R1 and R2 every this many steps, scaled by the interval: lazy regularisation (StyleGAN2) for
+    more than 1, every step (R3GAN) for 1. A second D update after the main one, eager fp32, outside
+    torch.compile (double backward does not compile)."""
+    gamma_end: float = 0.0
+    """R1 and R2 weights at the end of the cosine schedule over ``optim.cosine_images`` images; both follow
+    the same curve, R2 in proportion to R1 (R3GAN decays gamma 10x). 0: constant weights."""
 
     def __post_init__(self):
 
         _choices("loss.name", self.name, LOSSES)
         _positive("loss.r1_gamma", self.r1_gamma, zero_ok=True)
+        _positive("loss.r2_gamma", self.r2_gamma, zero_ok=True)
         _positive("loss.r1_every", self.r1_every)
+        _positive("loss.gamma_end", self.gamma_end, zero_ok=True)
+        if self.gamma_end and not (self.r1_gamma or self.r2_gamma):
+            raise ConfigError(
+                f"loss.gamma_end={self.gamma_end} schedules the R1/R2 weights, but loss.r1_gamma and "
+                f"loss.r2_gamma are 0; set one of them or leave loss.gamma_end=0"
+            )
 
 
 @dataclass
@@ -168,6 +206,15 @@ class OptimConfig:
     schedule; the EMA then averages ever smaller moves). 0: off."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up over this many steps (0: none)."""
+    lr_end: float = 0.0
+    """Cosine schedule over images seen (R3GAN): D's learning rate goes from ``lr`` to this along half a
+    cosine over ``cosine_images`` images, G's in proportion. 0: no cosine on the learning rate."""
+    beta2_end: float = 0.0
+    """Cosine schedule of Adam's beta2 from ``betas[1]`` to this over ``cosine_images`` images (R3GAN: 0.9 to
+    0.99). 0: constant beta2."""
+    cosine_images: int = 0
+    """Images (global batch x d_steps per step) over which the cosine schedules of ``lr_end``,
+    ``beta2_end`` and ``loss.gamma_end`` run, then hold their end values. 0: the whole run (max_steps)."""
     weight_decay: float = 0.0
     """L2 weight decay for both networks."""
 
@@ -179,6 +226,12 @@ class OptimConfig:
         _positive("optim.warmup_steps", self.warmup_steps, zero_ok=True)
         _positive("optim.linear_decay_start", self.linear_decay_start, zero_ok=True)
         _positive("optim.weight_decay", self.weight_decay, zero_ok=True)
+        _positive("optim.lr_end", self.lr_end, zero_ok=True)
+        _positive("optim.cosine_images", self.cosine_images, zero_ok=True)
+        if not 0.0 <= self.beta2_end < 1.0:
+            raise ConfigError(f"optim.beta2_end={self.beta2_end} must be in [0, 1) (0: constant beta2)")
+        if self.beta2_end and self.name != "adam":
+            raise ConfigError(f"optim.beta2_end schedules Adam's beta2; optim.name={self.name!r} has none")
         if self.lr_decay < 1.0:
             raise ConfigError(f"optim.lr_decay={self.lr_decay} must be >= 1 (lr_t = lr / lr_decay**t)")
         for name in ("momentum", "final_momentum"):
@@ -385,6 +438,11 @@ class Config:
         if "dcgan" in (m.generator, m.discriminator) and h not in (32, 64):
             raise ConfigError(
                 f"model dcgan makes 32x32 or 64x64 images but data.image_size={h}; use 32 or 64 (or dcgan28 for 28)"
+            )
+        if "r3gan" in (m.generator, m.discriminator) and (h not in R3GAN_SIZES or h != w):
+            raise ConfigError(
+                f"model r3gan makes {sorted(R3GAN_SIZES)} px square images but the data are {h}x{w}; set "
+                f"data.image_size to one of them"
             )
         if m.d_spectral_norm and m.discriminator not in SPECTRAL_NORM:
             raise ConfigError(

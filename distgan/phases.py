@@ -15,9 +15,14 @@ noise, then one update of G. Synchronisation rules under DDP:
 - Gradient accumulation: every micro-step but the last runs under ``no_sync`` of the network being
   trained, so the all-reduce happens once per update.
 - fp16: each network has its own GradScaler, stepped and updated once per update of that network.
-- R1 (``d_reg_step``, lazy, every ``loss.r1_every`` steps): double backward through D, so it runs on
-  the plain eager D in fp32, outside DDP, torch.compile and loss scaling; the gradients are
-  all-reduced by hand (as StyleGAN2-ADA does), so every rank applies the same update.
+- Relativistic losses (``GANLoss.needs_real_in_g``, rpgan): G's phase also takes this rank's real
+  micro-batches (the ones of the last D update) and runs the frozen D on [real, fake] in one forward, so
+  each fake is paired with a real of its own micro-batch; the real half carries no gradient.
+- R1 and R2 (``d_reg_step``, every ``loss.r1_every`` steps: lazy, or every step with 1): zero-centred
+  gradient penalties on the last D update's reals and fakes, one D forward of [real, fake]. Double
+  backward through D, so it runs on the plain eager D in fp32, outside DDP, torch.compile and loss
+  scaling; the gradients are all-reduced by hand (one all-reduce per update, as StyleGAN2-ADA does),
+  weighted ``n_rm * W / B`` like the main loss, so every rank applies the global-batch update.
 - Non-finite values: gradients are checked on the device after the all-reduce (so identical on every
   rank) and handed to the fused optimizer as ``found_inf``, which then skips the update inside the
   kernel: parameters, moments and step count stay untouched, and no host sync happens. Under fp16 a
@@ -34,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from distgan.losses import GANLoss
+from distgan.losses import GANLoss, gradient_penalties
 from distgan.runtime import all_reduce_mean_, autocast, found_non_finite
 
 MAX_OVERFLOW_STREAK = 64
@@ -121,6 +126,8 @@ class GANStep:
         self.world = accelerator.num_processes
         self.weights = micro_weights  # n_rm * W / B for this rank's micro-batches m (see the docstring)
         self.guard = Guard(self.device)
+        self.keep_fakes = False  # set when R2 is on: d_step keeps its (detached) fakes for d_reg_step
+        self.last_fakes: list[torch.Tensor] = []
 
     @staticmethod
     def _loss_check(bad, loss: torch.Tensor, scaler):
@@ -176,11 +183,14 @@ class GANStep:
         D.opt.zero_grad(set_to_none=True)
         n, total = len(reals), sum(x.shape[0] for x in reals)
         stats = bad = None
+        self.last_fakes = []
         for i, (x, z) in enumerate(zip(reals, noises)):
             with self._sync(D.fwd_own, last=i == n - 1):
                 with autocast(self.precision, self.device):  # one region for G's and D's forwards
                     with torch.no_grad():
                         fake = G.fwd_other(z)
+                    if self.keep_fakes:
+                        self.last_fakes.append(fake)
                     logits = D.fwd_own(torch.cat([x, fake.to(x.dtype)])).float()
                     real_l, fake_l = logits.chunk(2)
                     loss = self.loss.d(real_l, fake_l)
@@ -193,27 +203,43 @@ class GANStep:
         self._update(D, 0, bad, scaled=True)
         return stats
 
-    def d_reg_step(self, reals: list[torch.Tensor], gamma: float, interval: int) -> torch.Tensor:
-        """One lazy R1 update of D: ``interval * gamma / 2 * E||grad_x D(x)||^2`` on real images. Returns [penalty]."""
+    def d_reg_step(
+        self,
+        reals: list[torch.Tensor],
+        fakes: list[torch.Tensor] | None,
+        r1_gamma: float,
+        r2_gamma: float,
+        interval: int,
+    ) -> torch.Tensor:
+        """One D update on the zero-centred penalties ``interval * (r1_gamma / 2 * E||grad_x D(x)||^2 +
+        r2_gamma / 2 * E||grad D(G(z))||^2)``: R1 on ``reals``, R2 on ``fakes`` (the detached fakes of the
+        last D update; None when R2 is off). Returns this rank's [R1, R2] (R2 0 when off)."""
         D = self.D
         D.module.requires_grad_(True)
         D.opt.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
+        total = torch.zeros(2, device=self.device)
         n = sum(x.shape[0] for x in reals)
-        for x, w in zip(reals, self.weights):
-            x = x.detach().float().requires_grad_(True)
-            (grad,) = torch.autograd.grad(D.module(x).sum(), x, create_graph=True)
-            penalty = grad.square().flatten(1).sum(1).mean()
-            (penalty * (gamma / 2 * interval * w)).backward()
-            total += penalty.detach() * (x.shape[0] / n)
+        for i, (x, w) in enumerate(zip(reals, self.weights)):
+            fake = fakes[i] if r2_gamma and fakes else None
+            r1, r2 = gradient_penalties(D.module, x, fake)
+            loss = r1 * (r1_gamma / 2 * interval * w)
+            if r2 is not None:
+                loss = loss + r2 * (r2_gamma / 2 * interval * w)
+            loss.backward()
+            pair = torch.stack([r1.detach(), r2.detach() if r2 is not None else torch.zeros_like(r1)])
+            total += pair * (x.shape[0] / n)
         if self.world > 1:
             all_reduce_mean_([p.grad for p in D.module.parameters() if p.grad is not None])
         self._update(D, 0, None, scaled=False)  # fp32, unscaled: no loss scale to undo
-        return total.unsqueeze(0)
+        return total
 
-    def g_step(self, noises: list[torch.Tensor]) -> torch.Tensor:
-        """One G update over this rank's micro-batches. Returns this rank's [loss] on device."""
+    def g_step(self, noises: list[torch.Tensor], reals: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """One G update over this rank's micro-batches. ``reals``: this rank's real micro-batches, needed
+        (and only read) by relativistic losses. Returns this rank's [loss] on device."""
         G, D = self.G, self.D
+        pair = self.loss.needs_real_in_g
+        if pair and (reals is None or len(reals) != len(noises)):
+            raise ValueError("this loss pairs fakes with reals in G's phase: pass g_step one real batch per noise")
         D.module.requires_grad_(False)
         G.opt.zero_grad(set_to_none=True)
         n, total = len(noises), sum(z.shape[0] for z in noises)
@@ -222,7 +248,13 @@ class GANStep:
             for i, z in enumerate(noises):
                 with self._sync(G.fwd_own, last=i == n - 1):
                     with autocast(self.precision, self.device):
-                        loss = self.loss.g(D.fwd_other(G.fwd_own(z)).float())
+                        fake = G.fwd_own(z)
+                        if pair:  # one D forward of [real, fake]: no gradient to D's weights nor to x
+                            x = reals[i].detach()
+                            real_l, fake_l = D.fwd_other(torch.cat([x, fake.to(x.dtype)])).float().chunk(2)
+                            loss = self.loss.g(fake_l, real_l)
+                        else:
+                            loss = self.loss.g(D.fwd_other(fake).float(), None)
                     self._backward(loss * self.weights[i], G.scaler)
                 s = loss.detach().reshape(1)
                 stats = _accumulate(stats, s if n == 1 else s * (z.shape[0] / total))

@@ -4,7 +4,7 @@ components that own it.
     RunDir          provenance, status, the resume choice                 rundir.py
     BatchSource     this rank's share of every global batch               data/
     GANStep, Guard  the D and G updates, skipped-update counts            phases.py
-    schedule_at     learning rates and momentum as a function of the step schedule.py
+    schedule_at     learning rates, momentum, beta2, R1/R2 weights per step schedule.py
     GeneratorAverage the EMA generator and its BatchNorm statistics       ema.py
     InTrainingEval  scores on the validation split, the best checkpoint   evaluate.py
     checkpoint      the files of a checkpoint, written atomically         checkpoint.py
@@ -91,6 +91,8 @@ class Trainer:
         # the global batch, cut over ranks and micro-steps (unevenly where it must: 100 on 8 ranks)
         self.layout = BatchLayout(cfg.train.batch_size, self.rank, self.world, cfg.train.grad_accum)
         self.micro_sizes = self.layout.micro_sizes
+        self.images_per_step = cfg.train.batch_size * cfg.train.d_steps
+        self.cosine_span = schedule.cosine_span(cfg.optim, cfg.train.max_steps, self.images_per_step)
         self.precision, self._precision_why = resolve_precision(
             cfg.runtime.precision, self.device, cfg.runtime.allow_cpu_fp16
         )
@@ -159,6 +161,7 @@ class Trainer:
             )
         self.G, self.D = nets["G"], nets["D"]
         self.gan = GANStep(acc, self.G, self.D, LOSSES[cfg.loss.name], self.precision, self.layout.loss_weights)
+        self.gan.keep_fakes = cfg.loss.r2_gamma > 0  # R2 judges the fakes of the last D update
 
         self.evaluator = InTrainingEval(cfg, self.rank0, self.rank, self.world, self.device)
         g = torch.Generator().manual_seed(cfg.train.seed + 0xF1C5)
@@ -225,9 +228,11 @@ class Trainer:
         for i in range(k):
             reals = [self.real_batch(step * k + i, m) for m in range(len(self.micro_sizes))]
             d_stats = d_stats + self.gan.d_step(reals, [self.noise(n) for n in self.micro_sizes]) / k
-        if cfg.loss.r1_gamma and step % cfg.loss.r1_every == 0:  # lazy R1 on the last real batch
-            self.r1_last = self.gan.d_reg_step(reals, cfg.loss.r1_gamma, cfg.loss.r1_every)
-        g_stats = self.gan.g_step([self.noise(n) for n in self.micro_sizes])
+        if (cfg.loss.r1_gamma or cfg.loss.r2_gamma) and step % cfg.loss.r1_every == 0:  # on the last D batch
+            r1, r2 = schedule.gammas_at(cfg.loss, step * self.images_per_step, self.cosine_span)
+            self.r1_last = self.gan.d_reg_step(reals, self.gan.last_fakes, r1, r2, cfg.loss.r1_every)
+        pair = reals if self.gan.loss.needs_real_in_g else None  # rpgan: the last D update's reals again
+        g_stats = self.gan.g_step([self.noise(n) for n in self.micro_sizes], pair)
         self.gan.end_step()
         if self.ema:
             self.ema.update(self.G.module, step)
@@ -236,8 +241,12 @@ class Trainer:
     def schedule(self, step: int) -> dict[str, float]:
         """Set and return the learning rates (and SGD momentum) of ``step``."""
         epochs = step * self.cfg.train.d_steps / self.data.batches_per_epoch
-        values = schedule.schedule_at(step, self.cfg.optim, self.cfg.train.max_steps, epochs)
+        values = schedule.schedule_at(step, self.cfg.optim, self.cfg.train.max_steps, epochs, self.images_per_step)
         schedule.apply(values, self.D.opt, self.G.opt)
+        if self.cfg.loss.gamma_end:
+            values["gamma/R1"], values["gamma/R2"] = schedule.gammas_at(
+                self.cfg.loss, step * self.images_per_step, self.cosine_span
+            )
         return values
 
     def train(self) -> dict:
@@ -322,11 +331,11 @@ class Trainer:
             float(self.data.skipped),
             float(self.signals.received),
         ]
-        r1 = self.r1_last.reshape(1) * share if self.r1_last is not None else torch.zeros(1, device=self.device)
-        pack = all_reduce_sum_(torch.cat([stats * share, torch.tensor(extra, device=self.device), r1]))
+        reg = self.r1_last * share if self.r1_last is not None else torch.zeros(2, device=self.device)
+        pack = all_reduce_sum_(torch.cat([stats * share, torch.tensor(extra, device=self.device), reg]))
         v = torch.cat([pack, self.gan.guard.state()]).tolist()  # the one host sync per tick
         metrics = {
-            **self.check_guard(v[8:]),
+            **self.check_guard(v[9:]),
             "loss/D": v[0],
             "D(x)": v[1],
             "D(G(z))": v[2],
@@ -335,8 +344,10 @@ class Trainer:
             "images_seen": self.step * t.batch_size * t.d_steps,
             **sched,
         }
-        if self.r1_last is not None:
-            metrics["loss/R1"] = v[7]  # the last R1 penalty, the mean over the global batch
+        if self.r1_last is not None:  # the last R1 and R2 penalties, means over the global batch
+            metrics["loss/R1"] = v[7]
+            if self.cfg.loss.r2_gamma:
+                metrics["loss/R2"] = v[8]
         if self.cfg.data.dataset == "webdataset" and not self.cfg.data.in_memory:
             metrics["data/skipped"] = v[5]  # bad samples the streams skipped, all ranks
         tracker.log(self.step, metrics)
