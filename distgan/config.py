@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from distgan.augment import parse as parse_augment
 from distgan.errors import ConfigError  # noqa: F401 - re-exported: ``from distgan.config import ConfigError``
 from distgan.losses import LOSSES
 from distgan.metrics.suite import RGB_METRICS, figures_of, parse_metrics
@@ -123,6 +124,10 @@ class DataConfig:
     samples_per_epoch: int = 0
     """webdataset: samples in one pass over the shards, for epoch-based schedules and logging (0: read
     ``{prefix}-meta.json`` beside the first local shard if there is one)."""
+    augment: str = ""
+    """Differentiable augmentation of every image D sees (DiffAugment; distgan/augment.py): a comma list of
+    ``color``, ``translation``, ``cutout``, applied to reals and fakes alike in D's and G's phases and before
+    R1/R2, drawn per image from (seed, rank, step). Empty: off."""
 
     def __post_init__(self):
         _choices("data.dataset", self.dataset, {"mnist", "webdataset"})
@@ -131,6 +136,10 @@ class DataConfig:
         _positive("data.workers", self.workers, zero_ok=True)
         _positive("data.shuffle_buffer", self.shuffle_buffer, zero_ok=True)
         _positive("data.samples_per_epoch", self.samples_per_epoch, zero_ok=True)
+        try:
+            parse_augment(self.augment)
+        except ValueError as e:
+            raise ConfigError(f"data.augment={self.augment!r}: {e}") from None
         if self.dataset == "webdataset" and not self.urls.strip():
             raise ConfigError(
                 "data.dataset=webdataset needs data.urls, e.g. data.urls='shards/train-{000000..000009}.tar' "

@@ -15,6 +15,8 @@ noise, then one update of G. Synchronisation rules under DDP:
 - Gradient accumulation: every micro-step but the last runs under ``no_sync`` of the network being
   trained, so the all-reduce happens once per update.
 - fp16: each network has its own GradScaler, stepped and updated once per update of that network.
+- Augmentation (``data.augment``, distgan/augment.py): every D forward, in every phase, sees
+  ``augment(images)``, one call on the concatenated [real, fake] batch; G's gradient passes through it.
 - Relativistic losses (``GANLoss.needs_real_in_g``, rpgan): G's phase also takes this rank's real
   micro-batches (the ones of the last D update) and runs the frozen D on [real, fake] in one forward, so
   each fake is paired with a real of its own micro-batch; the real half carries no gradient.
@@ -127,6 +129,7 @@ class GANStep:
         self.weights = micro_weights  # n_rm * W / B for this rank's micro-batches m (see the docstring)
         self.guard = Guard(self.device)
         self.keep_fakes = False  # set when R2 is on: d_step keeps its (detached) fakes for d_reg_step
+        self.augment = lambda x: x  # distgan.augment.Augment when data.augment is set: what D sees, always
         self.last_fakes: list[torch.Tensor] = []
 
     @staticmethod
@@ -191,7 +194,7 @@ class GANStep:
                         fake = G.fwd_other(z)
                     if self.keep_fakes:
                         self.last_fakes.append(fake)
-                    logits = D.fwd_own(torch.cat([x, fake.to(x.dtype)])).float()
+                    logits = D.fwd_own(self.augment(torch.cat([x, fake.to(x.dtype)]))).float()
                     real_l, fake_l = logits.chunk(2)
                     loss = self.loss.d(real_l, fake_l)
                 self._backward(loss * self.weights[i], D.scaler)
@@ -221,6 +224,11 @@ class GANStep:
         n = sum(x.shape[0] for x in reals)
         for i, (x, w) in enumerate(zip(reals, self.weights)):
             fake = fakes[i] if r2_gamma and fakes else None
+            with torch.no_grad():  # the penalties are taken at the augmented images D judges
+                if fake is None:
+                    x = self.augment(x)
+                else:
+                    x, fake = self.augment(torch.cat([x, fake.to(x.dtype)])).chunk(2)
             r1, r2 = gradient_penalties(D.module, x, fake)
             loss = r1 * (r1_gamma / 2 * interval * w)
             if r2 is not None:
@@ -251,10 +259,11 @@ class GANStep:
                         fake = G.fwd_own(z)
                         if pair:  # one D forward of [real, fake]: no gradient to D's weights nor to x
                             x = reals[i].detach()
-                            real_l, fake_l = D.fwd_other(torch.cat([x, fake.to(x.dtype)])).float().chunk(2)
+                            both = self.augment(torch.cat([x, fake.to(x.dtype)]))
+                            real_l, fake_l = D.fwd_other(both).float().chunk(2)
                             loss = self.loss.g(fake_l, real_l)
                         else:
-                            loss = self.loss.g(D.fwd_other(fake).float(), None)
+                            loss = self.loss.g(D.fwd_other(self.augment(fake)).float(), None)
                     self._backward(loss * self.weights[i], G.scaler)
                 s = loss.detach().reshape(1)
                 stats = _accumulate(stats, s if n == 1 else s * (z.shape[0] / total))

@@ -4,6 +4,7 @@ components that own it.
     RunDir          provenance, status, the resume choice                 rundir.py
     BatchSource     this rank's share of every global batch               data/
     GANStep, Guard  the D and G updates, skipped-update counts            phases.py
+    Augment         differentiable augmentation of what D sees            augment.py
     schedule_at     learning rates, momentum, beta2, R1/R2 weights per step schedule.py
     GeneratorAverage the EMA generator and its BatchNorm statistics       ema.py
     InTrainingEval  scores on the validation split, the best checkpoint   evaluate.py
@@ -25,8 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distgan import augment, schedule
 from distgan import checkpoint as ckpt_lib
-from distgan import schedule
+from distgan.augment import Augment
 from distgan.callbacks import Callback
 from distgan.config import Config, ConfigError
 from distgan.data.sampler import BatchLayout
@@ -162,6 +164,9 @@ class Trainer:
         self.G, self.D = nets["G"], nets["D"]
         self.gan = GANStep(acc, self.G, self.D, LOSSES[cfg.loss.name], self.precision, self.layout.loss_weights)
         self.gan.keep_fakes = cfg.loss.r2_gamma > 0  # R2 judges the fakes of the last D update
+        self.augment = Augment(augment.parse(cfg.data.augment), self.device) if cfg.data.augment else None
+        if self.augment:
+            self.gan.augment = self.augment
 
         self.evaluator = InTrainingEval(cfg, self.rank0, self.rank, self.world, self.device)
         g = torch.Generator().manual_seed(cfg.train.seed + 0xF1C5)
@@ -223,6 +228,8 @@ class Trainer:
         """Algorithm 1: k D updates on fresh real batches and noise, then one G update; then the EMA."""
         cfg = self.cfg
         seed_step(self.device, step_seed(cfg.train.seed, self.rank, step))  # noise and dropout of this step
+        if self.augment:  # its own generator: the noise stream is the same with augmentation on or off
+            self.augment.reseed(step_seed(cfg.train.seed, self.rank, step, augment.AUGMENT_SALT))
         k = cfg.train.d_steps
         d_stats = 0
         for i in range(k):

@@ -1,0 +1,76 @@
+"""The r3gan networks: shapes at 28/32/64 px with 1 or 3 channels, no normalisation (each image's output is its
+own), fix-up initialisation, the [1, 2, 1] resampling, and config errors that name the key."""
+
+import pytest
+import torch
+from torch import nn
+
+from distgan.config import ConfigError, load
+from distgan.networks import build_discriminator, build_generator
+from distgan.networks.r3gan import Bottleneck, Resample
+
+
+@pytest.mark.parametrize("size, channels", [(28, 1), (28, 3), (32, 3), (64, 1)])
+def test_shapes_and_no_normalisation(size, channels):
+    torch.manual_seed(0)
+    shape = (channels, size, size)
+    G = build_generator("r3gan", 16, 8, shape, blocks=1, cardinality=4)
+    D = build_discriminator("r3gan", 8, shape, blocks=1, cardinality=4)
+    x = G(torch.randn(4, 16))
+    assert x.shape == (4, *shape) and D(x).shape == (4,)
+    norms = (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+    assert not any(isinstance(m, norms) for net in (G, D) for m in net.modules())
+    grouped = [m for m in D.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert grouped and all(m.groups == 4 for m in grouped)
+    # no batch statistics: the real half's logits do not depend on what shares its forward
+    y = torch.randn(4, *shape)
+    with torch.no_grad():
+        assert torch.equal(D(torch.cat([y, x]))[:4], D(torch.cat([y, torch.randn_like(x)]))[:4])
+
+
+def test_fixup_blocks_start_as_the_identity_and_still_learn():
+    torch.manual_seed(0)
+    block = Bottleneck(8, 4, total_blocks=6)
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.equal(block(x), x)
+    block(x).square().sum().backward()
+    assert block.conv3.weight.grad.abs().sum() > 0  # the zeroed last layer gets a gradient at once
+    # the branch scale M ** (-1/4) of the others: He's std shrinks as the network deepens
+    deep, shallow = Bottleneck(8, 4, total_blocks=16), Bottleneck(8, 4, total_blocks=1)
+    ratio = deep.conv1.weight.std() / shallow.conv1.weight.std()
+    assert 0.35 < ratio < 0.65  # 16 ** -0.25 = 0.5, up to the sampling error of 128 weights
+
+
+def test_resampling_low_pass_keeps_flat_images_and_removes_the_highest_frequency():
+    flat = torch.full((1, 2, 8, 8), 3.0)
+    up, down = Resample(2, up=True), Resample(2, up=False)
+    assert up(flat).shape == (1, 2, 16, 16) and down(flat).shape == (1, 2, 4, 4)
+    assert torch.allclose(up(flat)[..., 1:-1, 1:-1], torch.full((1, 2, 14, 14), 3.0))
+    assert torch.allclose(down(flat)[..., 1:, 1:], torch.full((1, 2, 3, 3), 3.0))
+    checker = (torch.arange(8).view(8, 1) + torch.arange(8).view(1, 8)) % 2 * 2.0 - 1  # +-1, Nyquist
+    assert down(checker.expand(1, 2, 8, 8))[..., 1:, 1:].abs().max() < 1e-6  # no alias left
+    assert torch.equal(checker[::2, ::2], torch.full((4, 4), -1.0))  # plain striding would keep it
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"model.cardinality=5 must divide .* 2 x model.width = 16"):
+        load(
+            None, ["model.generator=r3gan", "model.discriminator=r3gan", "model.width=8", "model.cardinality=5"], env={}
+        )
+    with pytest.raises(ConfigError, match=r"model.blocks and model.cardinality apply to .*'r3gan'"):
+        load(None, ["model.blocks=2"], env={})
+    with pytest.raises(ConfigError, match=r"model r3gan makes \[28, 32, 64\] px .* 48x48"):
+        load(
+            None,
+            [
+                "model.generator=r3gan",
+                "model.discriminator=r3gan",
+                "data.dataset=webdataset",
+                "data.urls=x.tar",
+                "data.image_size=48",
+                "data.channels=3",
+            ],
+            env={},
+        )
+    with pytest.raises(ConfigError, match="model.generator='r3gann' is not allowed"):
+        load(None, ["model.generator=r3gann"], env={})
