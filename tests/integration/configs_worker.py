@@ -4,7 +4,7 @@ Launched with ``accelerate launch --num_processes N``; one process group serves 
 process group per config would spend most of the test starting interpreters). Uses the public Trainer:
 ``distgan.train.main`` ends its process group when a run ends. Rank 0 writes OUT/<config>.json.
 
-    python configs_worker.py OUT SHARDS_64 SHARDS_STACKED [config ...]
+    python configs_worker.py OUT SHARDS_64 SHARDS_STACKED SHARDS_32 [config ...]
 """
 
 import faulthandler
@@ -40,13 +40,16 @@ STEPS = [
 
 def main():
     faulthandler.enable()  # an abort in native code (SIGABRT) still prints where each thread was
-    out, shards64, stacked = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-    names = sys.argv[4:] or sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    out, shards64, stacked, shards32 = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    names = sys.argv[5:] or sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
     wds = ["data.workers=0", "data.shuffle_buffer=16"]
     data = {
         "webdataset_64": [f"data.urls={shards64}", *wds],
         "webdataset_64_in_memory": [f"data.urls={shards64}", "data.in_memory=true", *wds],
         "stacked_mnist": [f"data.urls={stacked}", *wds, "eval.num=200", "eval.block=20"],
+        "stacked_mnist_r3gan": [f"data.urls={stacked}", *wds, "eval.num=200", "eval.block=20"],
+        "r3gan_32": [f"data.urls={shards32}", *wds],
+        "r3gan_64": [f"data.urls={shards64}", *wds],
     }
     for name in names:
         config = REPO / "configs" / f"{name.replace('_in_memory', '')}.yaml"
@@ -70,8 +73,10 @@ def main():
                 )
             )
         del tr
-        torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+        if torch.distributed.is_initialized():  # (one rank: no process group)
+            torch.distributed.barrier()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Every shipped config starts and trains on 3 and 8 ranks (real gloo groups on this CPU): the global batch
-is split unevenly where it must be (100 over 8 ranks: 13 or 12), with the replica check at every step."""
+is split unevenly where it must be (100 over 8 ranks: 13 or 12), with the replica check at every step.
+The r3gan configs (R1 + R2 every step: a double backward of D per step) run on 3 ranks only, to keep the
+suite's time: the uneven-split machinery 8 ranks exercise does not depend on the config, and one rank runs
+the same recipe in tests/integration/test_rpgan_distributed.py and tests/unit/test_augment.py."""
 
 import json
 import math
@@ -10,6 +13,7 @@ from tests.helpers import REPO, call, launch_cmd, run
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+R3GAN = [c for c in CONFIGS if "r3gan" in c]
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +47,31 @@ def shards(tmp_path_factory):
         "100",
         "--no-progress",
     )
-    return str(d / "m64" / "test-{000000..000001}.tar"), str(d / "st" / "train-{000000..000003}.tar")
+    call(
+        "distgan.data.make_shards",
+        "--from",
+        "stacked_mnist",
+        "--out",
+        str(d / "s32"),
+        "--num",
+        "200",
+        "--size",
+        "32",
+        "--shard-size",
+        "100",
+        "--no-progress",
+    )
+    return (
+        str(d / "m64" / "test-{000000..000001}.tar"),
+        str(d / "st" / "train-{000000..000003}.tar"),
+        str(d / "s32" / "train-{000000..000001}.tar"),
+    )
 
 
 @pytest.mark.parametrize(
-    "world, names", [(3, [*CONFIGS, "webdataset_64_in_memory"]), (8, CONFIGS)], ids=["3-ranks", "8-ranks"]
+    "world, names",
+    [(3, [*CONFIGS, "webdataset_64_in_memory"]), (8, [c for c in CONFIGS if c not in R3GAN])],
+    ids=["3-ranks", "8-ranks"],
 )
 def test_every_config_trains_on_odd_and_large_world_sizes(tmp_path, shards, world, names):
     from distgan.config import load
