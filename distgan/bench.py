@@ -205,17 +205,11 @@ def _row_trainer(tr, cfg, steps: int, warmup: int, t_build: float) -> dict:
         tr.gan.end_step()
         _sync(dev)
         phases["G"] += time.perf_counter() - a
-    # Kernels and FLOPs of a step without the R1/R2 update (its double backward cannot run under torch's
-    # dispatch modes; lazy, it comes once in loss.r1_every steps; every step, it is left out of these two
-    # columns and counted in img/s only); FLOPs counted eagerly: compiled code runs inductor kernels the
-    # counter cannot see.
+    # Kernels and FLOPs of one step. A lazy R1 update (once in loss.r1_every steps) is left out: a step without
+    # it is counted. R1/R2 every step (r1_every=1, the R3GAN recipe) is part of every step and counted.
+    # FLOPs counted eagerly: compiled code runs inductor kernels the counter cannot see.
     s_next = warmup + steps + n_ph
-    regularised = cfg.loss.r1_gamma or cfg.loss.r2_gamma
-    if regularised and cfg.loss.r1_every == 1:
-        tr.cfg = build(
-            {**cfg.to_dict(), "loss": {**cfg.to_dict()["loss"], "r1_gamma": 0.0, "r2_gamma": 0.0, "gamma_end": 0.0}}
-        )
-    while regularised and cfg.loss.r1_every > 1 and s_next % cfg.loss.r1_every == 0:
+    while (cfg.loss.r1_gamma or cfg.loss.r2_gamma) and cfg.loss.r1_every > 1 and s_next % cfg.loss.r1_every == 0:
         s_next += 1
     kernels = kernels_per_step(lambda: step(s_next), dev, cfg.compile.enabled)
     with torch.compiler.set_stance("force_eager"):
@@ -328,16 +322,41 @@ def row_textbook(cfg, steps: int, warmup: int) -> dict:
     }
 
 
+def gemm_shapes(cfg) -> list[tuple[int, int, int, int]]:
+    """(groups, M, K, N) of the GEMMs the model's Linear and Conv2d layers are (a convolution as im2col: M =
+    batch x output pixels, K = input channels per group x kernel area, N = output channels per group), at
+    the batch of a step: G's at B, D's at 2B (real and fake together), from one recorded forward."""
+    G, D = build_networks(cfg)
+    B, shapes = cfg.train.batch_size, []
+
+    def record(m, args, out):
+        if isinstance(m, torch.nn.Linear):
+            shapes.append((1, args[0].shape[0], m.in_features, m.out_features))
+        else:
+            g, (kh, kw) = m.groups, m.kernel_size
+            rows = out.shape[0] * out.shape[2] * out.shape[3]
+            shapes.append((g, rows, m.in_channels // g * kh * kw, m.out_channels // g))
+
+    layers = [m for net in (G, D) for m in net.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    hooks = [m.register_forward_hook(record) for m in layers]
+    try:
+        with torch.no_grad():
+            fake = G(sample_noise(B, cfg.model.z_dim, cfg.model.noise))
+            D(torch.cat([fake, fake]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
 def gemm_reference(cfg, repeats: int = 20) -> float:
-    """GFLOP/s of plain fp32 matmuls of the model's Linear shapes (forward) on this device."""
+    """GFLOP/s of plain fp32 matmuls of the model's Linear and Conv2d (im2col) shapes (forward) on this
+    device; a grouped convolution's groups as one batched matmul."""
 
     dev = torch.device("cuda" if torch.cuda.is_available() and not cfg.runtime.cpu else "cpu")
-    G, D = build_networks(cfg)
-    B = cfg.train.batch_size
-    shapes = [(B, m.in_features, m.out_features) for m in G.modules() if isinstance(m, torch.nn.Linear)]
-    shapes += [(2 * B, m.in_features, m.out_features) for m in D.modules() if isinstance(m, torch.nn.Linear)]
-    mats = [(torch.randn(b, i, device=dev), torch.randn(i, o, device=dev)) for b, i, o in shapes]
-    flops = sum(2 * b * i * o for b, i, o in shapes)
+    shapes = gemm_shapes(cfg)
+    mats = [(torch.randn(g, m, k, device=dev), torch.randn(g, k, n, device=dev)) for g, m, k, n in shapes]
+    flops = sum(2 * g * m * k * n for g, m, k, n in shapes)
     for a, w in mats:
         a @ w
     _sync(dev)
@@ -347,6 +366,19 @@ def gemm_reference(cfg, repeats: int = 20) -> float:
             a @ w
     _sync(dev)
     return flops * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def gemm_ceiling(cfg, n: int = 1024, repeats: int = 10) -> float:
+    """GFLOP/s of one large square fp32 matmul (n x n x n) on this device: what its GEMMs reach at best."""
+    dev = torch.device("cuda" if torch.cuda.is_available() and not cfg.runtime.cpu else "cpu")
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    a @ b
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(dev)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 def row_data(cfg, steps: int, warmup: int) -> dict:
@@ -387,6 +419,7 @@ def _measure_row(row: str, config: str, overrides: list[str], steps: int, warmup
     fn = {"textbook": row_textbook, "trainer": row_trainer, "data": row_data}[row]
     out = fn(cfg, steps, warmup)
     out["gemm_gflops"] = gemm_reference(cfg) if row == "textbook" else None
+    out["gemm_ceiling_gflops"] = gemm_ceiling(cfg) if row == "textbook" else None
     out["torch"] = torch.__version__
     out["threads"] = torch.get_num_threads()
     if torch.cuda.is_available() and not cfg.runtime.cpu:
@@ -598,7 +631,21 @@ def format_table(config: str, cfg, rows, med: dict, steps: int, repeats: int) ->
             f"{(f'{compile_s:.1f}' if compile_s is not None else '-'):>10}"
         )
     if first.get("gemm_gflops"):
-        out.append(f"reference: fp32 GEMMs of the model's Linear shapes run at {first['gemm_gflops']:.1f} GFLOP/s here")
+        out.append(
+            f"reference: fp32 GEMMs of the model's Linear and Conv2d (im2col) shapes run at "
+            f"{first['gemm_gflops']:.1f} GFLOP/s here"
+        )
+    if first.get("gemm_ceiling_gflops"):
+        ceil = first["gemm_ceiling_gflops"]
+        reach = ", ".join(
+            f"{row} {mode} {100 * med[i]['flops_step'] / med[i]['s_per_step'] / 1e9 / ceil:.1f}%"
+            for i, (row, mode, _) in enumerate(rows)
+            if med[i].get("flops_step") and med[i]["precision"] == "fp32"
+        )
+        out.append(
+            f"GEMM ceiling: a 1024^3 fp32 matmul runs at {ceil:.1f} GFLOP/s here"
+            + (f"; the fp32 rows reach {reach} of it" if reach else "")
+        )
     if gpu and (p := gpu_peak(gpu, "bf16")):
         out.append(
             f"% peak: of the {p[0]}'s dense datasheet peak for the row's precision (fp32 = CUDA cores, "
