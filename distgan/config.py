@@ -343,6 +343,10 @@ class RuntimeConfig:
     """Fail at start unless the world size equals this (0: accept any); the launcher's own figure is also checked."""
     fp16_init_scale: float = 65536.0
     """fp16: the loss scalers' initial scale (torch's default, 2**16); they halve it on every overflow."""
+    channels_last: bool = True
+    """On CUDA, hold conv nets' weights and activations channels-last (NHWC: tensor-core convolutions without
+    layout transposes). A switch so ``distgan.bench`` can measure it on each GPU (grouped convolutions may
+    prefer NCHW); no effect on the CPU."""
     allow_cpu_fp16: bool = False
     """Test-only: allow runtime.precision=fp16 on the CPU (float16 autocast and GradScaler("cpu") exist there,
     slowly), so every loss-scaler path runs in CI. Refused otherwise."""

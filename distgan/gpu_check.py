@@ -5,9 +5,10 @@
 Sections, each in its own time box, each recorded (a failure is a line in the table, not the end):
 
 1. environment: torch, CUDA, GPU, NCCL, native bf16, which optional packages are here;
-2. ``distgan.bench`` rows for the paper's MLP and ``mnist_dcgan``: the textbook loop, then the trainer in
-   fp32 (TF32 off), TF32, bf16 and fp16, eager and compiled, and bf16 under CUDA graphs
+2. ``distgan.bench`` rows for the paper's MLP, ``mnist_dcgan`` and ``mnist_r3gan``: the textbook loop, then the
+   trainer in fp32 (TF32 off), TF32, bf16 and fp16, eager and compiled, and bf16 under CUDA graphs
    (``compile.mode=reduce-overhead``): img/s, ms/step, kernels/step, host ms/step, % of the datasheet peak;
+   for R3GAN bf16 channels-last against NCHW and grouped against dense 3x3 convolutions;
 3. ``mnist_paper.yaml`` in bf16 + torch.compile, scored on the validation split every few thousand steps:
    the time to the paper's 225 nats (Parzen), and the final Parzen and FD on the test set;
 4. ``mnist_dcgan.yaml`` in fp16 with R1: a run straight through and the same run stopped half way and
@@ -115,10 +116,17 @@ ROWS_GPU = {
         ("compiled", "", ["runtime.precision=bf16", "compile.enabled=true"]),
         ("eager", "", ["runtime.precision=fp16"]),
     ],
+    # R3GAN: grouped convolutions and R1 + R2 every step; channels-last measured against NCHW, not assumed
+    "configs/mnist_r3gan.yaml": [
+        ("eager", "channels-last", ["runtime.precision=bf16"]),
+        ("eager", "NCHW", ["runtime.precision=bf16", "runtime.channels_last=false"]),
+        ("eager", "dense 3x3 (cardinality 1), channels-last", ["runtime.precision=bf16", "model.cardinality=1"]),
+    ],
 }
 TINY_CPU = {
     "configs/mnist_paper.yaml": ["model.width=32", "train.batch_size=16"],
     "configs/mnist_dcgan.yaml": ["model.width=8", "train.batch_size=16"],
+    "configs/mnist_r3gan.yaml": ["model.width=8", "train.batch_size=16"],
 }
 
 
@@ -148,6 +156,7 @@ def bench_rows(report: Report, gpu: bool, quick: bool, spare_s=lambda: float("in
                 if row == "textbook":
                     r = bench.row_textbook(cfg, steps, warmup)
                     r["gemm_gflops"] = bench.gemm_reference(cfg)
+                    r["gemm_ceiling_gflops"] = bench.gemm_ceiling(cfg)
                 else:  # host time only for eager rows: a compiled tiny twin would compile again
                     r = bench.row_trainer(cfg, steps, warmup, host=mode == "eager")
             except Exception as e:  # noqa: BLE001 - e.g. CUDA graphs refused: the line says why

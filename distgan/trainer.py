@@ -125,7 +125,7 @@ class Trainer:
                 )
             G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
         G, D = G.to(self.device), D.to(self.device)
-        if self.device.type == "cuda":  # NHWC convolutions use tensor cores without layout transposes
+        if self.device.type == "cuda" and cfg.runtime.channels_last:  # NHWC: tensor cores without transposes
             G, D = (
                 m.to(memory_format=torch.channels_last)
                 if any(isinstance(x, nn.Conv2d | nn.ConvTranspose2d) for x in m.modules())
