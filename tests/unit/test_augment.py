@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distgan.augment import POLICIES, Augment, color, cutout, translation
+from distgan.augment import AUGMENT_SALT, POLICIES, Augment, color, cutout, translation
 from distgan.config import ConfigError, load
 from distgan.runtime import step_seed
 from distgan.trainer import Trainer
@@ -64,7 +64,7 @@ def test_policies_do_what_they_say():
 
 def test_same_seed_same_draws_ranks_and_steps_differ():
     x = torch.randn(6, 3, 16, 16)
-    a = lambda rank, step: seeded(POLICIES, step_seed(0, rank, step, 0xA06))(x)  # noqa: E731
+    a = lambda rank, step: seeded(POLICIES, step_seed(0, rank, step, AUGMENT_SALT))(x)  # noqa: E731
     assert torch.equal(a(0, 3), a(0, 3))
     assert not torch.equal(a(0, 3), a(1, 3)) and not torch.equal(a(0, 3), a(0, 4))
 
@@ -107,20 +107,20 @@ def test_d_and_g_phases_judge_augmented_real_and_fake_halves_alike(aug_trainer):
 
 
 def test_resume_is_exact_with_augmentation_on(tmp_path, data_dir):
-    """4 steps straight against 2 steps, a stop, and a resume to 4: the same G and D, bit for bit. A
-    negative control: the same run with another seed ends elsewhere."""
+    """4 steps straight against 2 steps, a stop, and a resume to 4: the same G and D, bit for bit (an
+    augmentation generator whose state carried over from step to step, not reseeded from (seed, rank, step),
+    would draw differently after the resume). The comparison can fail: step 2's weights differ from step 4's."""
     env = {"DISTGAN_DATA_DIR": data_dir, "WANDB_MODE": "disabled"}
     common = [*TINY, "train.ckpt_every=2", "train.log_every=2"]
     train_here(tmp_path / "a", *common, "train.max_steps=4", env=env)
     train_here(tmp_path / "b", *common, "train.max_steps=2", env=env)
     train_here(tmp_path / "b", *common, "train.max_steps=4", "train.resume=auto", env=env)
-    train_here(tmp_path / "c", *common, "train.max_steps=4", "train.seed=1", env=env)
 
-    def weights(run):
-        d = tmp_path / run / "checkpoints" / "step-000000004"
+    def weights(run, step=4):
+        d = tmp_path / run / "checkpoints" / f"step-{step:09d}"
         return {f.name: load_file(f) for f in sorted(d.glob("*.safetensors"))}
 
-    a, b, c = weights("a"), weights("b"), weights("c")
+    a, b, c = weights("a"), weights("b"), weights("a", step=2)
     assert a.keys() == b.keys() and any(k.startswith("G") for k in a)
     for f in a:
         for k in a[f]:
