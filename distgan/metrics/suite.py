@@ -26,8 +26,12 @@ METRICS = ("fd", "cs", "modes", "pr", "nn", "parzen", "stacked")
 uniform; pr: precision, recall, density, coverage (k=3); nn: nearest-neighbour memorisation check
 against the training set; parzen: the paper's Parzen-window log-likelihood; stacked: Stacked MNIST
 modes (the classifier on each of the 3 channels; 1000 modes) and KL to uniform."""
+INCEPTION_METRICS = ("fid", "kid", "is", "ipr")
+"""Metrics in Inception-v3 features (``fidelity.py``), of any images against reference statistics: fid,
+kid (unbiased), is (Inception Score), ipr (precision/recall, k=3). They need the Inception weights file
+(``inception.py``), so 'all' leaves them out."""
 RGB_METRICS = {"stacked"}
-"""Metrics of 3-channel 28x28 samples (Stacked MNIST); the others need 1-channel MNIST samples."""
+"""Metrics of 3-channel 28x28 samples (Stacked MNIST); the others in METRICS need 1-channel MNIST samples."""
 FAST = ("fd", "cs", "modes")
 FEATURE_METRICS = {"fd", "cs", "modes", "pr"}
 
@@ -55,6 +59,11 @@ FIGURES = {
     "parzen_ll": Figure("parzen", False, "Parzen log-likelihood (nats)"),
     "stacked_modes": Figure("stacked", False, "Stacked MNIST modes (of 1000)"),
     "stacked_kl": Figure("stacked", True, "Stacked MNIST KL to uniform"),
+    "fid": Figure("fid", True, "FID (Inception)"),
+    "kid": Figure("kid", True, "KID (Inception)"),
+    "is": Figure("is", False, "Inception Score"),
+    "inception_precision": Figure("ipr", False, "precision (Inception)"),
+    "inception_recall": Figure("ipr", False, "recall (Inception)"),
 }
 """Every figure that can select ``checkpoints/best``, be shown on the console and be plotted by the report."""
 LOWER_IS_BETTER = {k for k, f in FIGURES.items() if f.lower_is_better}
@@ -66,12 +75,24 @@ def figures_of(metrics) -> list[str]:
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
-    """'all' or a comma list -> a tuple of metric names; ValueError naming the unknown ones."""
+    """'all' (every metric of METRICS) or a comma list -> a tuple of metric names; ValueError naming the
+    unknown ones."""
     names = METRICS if text.strip() == "all" else tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in names if m not in METRICS]
+    unknown = [m for m in names if m not in METRICS + INCEPTION_METRICS]
     if unknown or not names:
-        raise ValueError(f"unknown metric(s) {unknown or [text]}; choose from {list(METRICS)} or 'all'")
+        raise ValueError(
+            f"unknown metric(s) {unknown or [text]}; choose from {list(METRICS + INCEPTION_METRICS)} or 'all'"
+        )
     return names
+
+
+def needs_inception(metrics) -> bool:
+    return bool(set(metrics) & set(INCEPTION_METRICS))
+
+
+def classifier_metrics(metrics) -> tuple[str, ...]:
+    """The metrics of ``metrics`` that the MNIST classifier and pixels compute (:func:`compute`)."""
+    return tuple(m for m in metrics if m not in INCEPTION_METRICS)
 
 
 def _cache_dir() -> Path:
@@ -131,6 +152,9 @@ def compute(
     if reference not in REFERENCES:
         raise ValueError(f"reference={reference!r}; choose one of {REFERENCES}")
     out: dict = {}
+    metrics = classifier_metrics(metrics)  # the Inception ones need reference statistics: fidelity.figures
+    if not metrics:
+        return out
     channels = images_u8.shape[1]
     if tuple(metrics) == METRICS:  # 'all': every metric that applies to these samples
         metrics = tuple(m for m in METRICS if (m in RGB_METRICS) == (channels == 3))
