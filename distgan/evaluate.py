@@ -340,9 +340,9 @@ def _evaluate(args, metrics, rank: int, world: int, device: str) -> int:
             images = load_split(root, args.real, download=False)[0][: num or 10_000]
             source = {"real": args.real}
         if extractor is not None:
+            ref = _reference(args, cfg_data, root, weights, rank, world, device)
             if incep is None:
                 incep = fidelity.extract(images, extractor, rank, world, args.block, device)
-            ref = _reference(args, cfg_data, root, weights, rank, world, device)
             source["reference"] = args.reference or ref.meta.get("source")
         res = suite.compute(images, metrics, root, feats, probs) if rank == 0 else {}
         if extractor is not None and rank == 0:
