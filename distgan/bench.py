@@ -4,6 +4,10 @@
                             [--precision no,bf16,fp16,auto] [--repeats 3] [--quick]
     python -m distgan.bench --stream --config configs/webdataset_64.yaml data.urls='shards/train-{000000..000009}.tar'
     python -m distgan.bench --data-only --config configs/webdataset_64.yaml data.urls='...'
+    python -m distgan.bench --inception [--images 256] [--inception-weights FILE]
+
+``--inception``: Inception feature extraction (FID's cost) through distgan against torch-fidelity's own
+loop on the same images, with the ceiling the GEMM rate allows for the network's FLOPs per image.
 
 ``--stream``: the trainer fed from shards (DataLoader workers decoding) against the same trainer fed
 from the same images held in memory (``data.in_memory=true``), side by side. ``--data-only``: the
@@ -442,6 +446,9 @@ def main(argv=None) -> int:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stream", action="store_true", help="trainer from shards vs from memory (webdataset configs)")
     mode.add_argument("--data-only", action="store_true", help="the shard loader alone (webdataset configs)")
+    mode.add_argument("--inception", action="store_true", help="Inception feature extraction, img/s")
+    p.add_argument("--images", type=int, default=256, help="--inception: images per row (default %(default)s)")
+    p.add_argument("--inception-weights", default="", help="--inception: weights (default: random, same speed)")
     p.add_argument("--_row", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides for every row (section.key=value)")
     args = p.parse_args(argv)
@@ -452,6 +459,8 @@ def main(argv=None) -> int:
         args.steps, args.warmup, args.repeats = 5, 2, 1
     if args.stream or args.data_only:
         return _main_stream(args)
+    if args.inception:
+        return _main_inception(args)
     try:
         rows = [("textbook", "eager", []), *trainer_rows(args.precision, args.compile)]
     except ValueError as e:
@@ -485,6 +494,82 @@ def trainer_rows(precisions: str, compiles: str) -> list[tuple[str, str, list[st
     return [
         ("trainer", COMPILE_MODES[m][0], [f"runtime.precision={p}", *COMPILE_MODES[m][1]]) for p in precs for m in modes
     ]
+
+
+def _main_inception(args) -> int:
+    """distgan's Inception extraction against torch-fidelity's own batch loop, and the FLOP ceiling."""
+    from torch.utils.data import Dataset
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
+    from distgan.metrics import fidelity, inception
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tmp = None
+    if args.inception_weights:
+        weights, what = inception.find_weights(args.inception_weights), "the given weights"
+    else:  # the speed does not depend on the values
+        tmp = tempfile.TemporaryDirectory()
+        weights, what = inception.write_random_weights(os.path.join(tmp.name, "w.pth")), "random weights"
+    net = inception.load_extractor(weights, dev)
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8)
+
+    class Images(Dataset):
+        def __len__(self):
+            return images.shape[0]
+
+        def __getitem__(self, i):
+            return images[i]
+
+    def ours():
+        fidelity.extract(images, net, block=inception.BATCH, device=dev)
+
+    def library():
+        get_featuresdict_from_dataset(Images(), net, inception.BATCH, dev.type == "cuda", True, False)
+
+    flops = _flops(lambda: net(images[:1].to(dev))) / 1
+    n = 2048
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    a @ b
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    _sync(dev)
+    gemm = 2 * n**3 * 10 / (time.perf_counter() - t0)
+    rows = {"torch-fidelity loop": library, "distgan extract": ours}
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    ours()  # warm-up (allocator, oneDNN/cuDNN plans)
+    for _ in range(args.repeats):
+        for k, fn in rows.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            times[k].append(args.images / (time.perf_counter() - t0))
+    ceiling = gemm / flops
+    print(
+        f"Inception-v3 features (torch-fidelity {_fidelity_version()}, {what}), {args.images} images of 32x32 "
+        f"resized to 299, batches of {inception.BATCH}, {dev}, {torch.get_num_threads()} threads, median of "
+        f"{args.repeats}"
+    )
+    print(f"{'row':<22} {'img/s':>8} {'vs library':>10} {'% of ceiling':>13}")
+    ref = statistics.median(times["torch-fidelity loop"])
+    for k, v in times.items():
+        m = statistics.median(v)
+        print(f"{k:<22} {m:>8.1f} {m / ref:>9.2f}x {100 * m / ceiling:>12.1f}%")
+    print(
+        f"ceiling: {flops / 1e9:.2f} GFLOP per image (FlopCounterMode) at {gemm / 1e9:.0f} GFLOP/s "
+        f"(fp32 {n}x{n} GEMM here) = {ceiling:.1f} img/s"
+    )
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+def _fidelity_version() -> str:
+    from importlib.metadata import version
+
+    return version("torch-fidelity")
 
 
 def _main_stream(args) -> int:

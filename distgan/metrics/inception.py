@@ -36,6 +36,8 @@ EXTRACTOR = "inception-v3-compat"
 POOL, LOGITS = "2048", "logits_unbiased"
 """The layers the metrics read: the 2048-d pool features (FID, KID, precision/recall) and the unbiased
 logits (Inception Score), as torch-fidelity and StyleGAN's metrics do."""
+BATCH = 64
+"""Images per forward of the extractor (torch-fidelity's default batch size)."""
 RESIZE = "torch-fidelity inception-v3-compat: TF1 bilinear to 299x299, grayscale repeated to RGB"
 """How images reach the network; recorded in every reference statistics file."""
 
@@ -173,7 +175,7 @@ def load_extractor(path: Path, device="cpu"):
 
 
 @torch.no_grad()
-def features(images_u8: torch.Tensor, extractor, batch_size: int = 64, device="cpu") -> dict[str, torch.Tensor]:
+def features(images_u8: torch.Tensor, extractor, batch_size: int = BATCH, device="cpu") -> dict[str, torch.Tensor]:
     """{"2048": [N, 2048], "logits_unbiased": [N, 1008]} float32 on the CPU from uint8 ``[N, C, H, W]``.
 
     Any size: the extractor resizes to 299 itself. One channel is repeated to three (StyleGAN, and
