@@ -5,11 +5,15 @@
     accelerate launch -m distgan.evaluate --checkpoint runs/dcgan ...   # each rank generates its share
     python -m distgan.evaluate --samples samples.npz --metrics parzen,nn
     python -m distgan.evaluate --real train --num 10000 --metrics all   # real vs real: what "perfect" scores
+    python -m distgan.evaluate --checkpoint runs/wds32 --metrics fid,kid --num 50000   # Inception FID-50k
+    python -m distgan.evaluate --samples DIR|x.npz|SHARDS --reference DIR|SHARDS|stats.safetensors --metrics fid,kid
+    python -m distgan.evaluate --make-reference SHARDS|DIR|mnist:test --out stats.safetensors
 
 Metrics (``distgan.metrics.suite``): ``fd`` Frechet distance in the MNIST classifier's features (not
 Inception FID), ``cs`` classifier score, ``modes`` class coverage and KL to uniform, ``pr`` precision,
 recall, density and coverage (k=3), ``nn`` memorisation check against the training set, ``parzen``
-the paper's Parzen log-likelihood. Reference set: the 10,000 MNIST test images.
+the paper's Parzen log-likelihood. Reference set: the 10,000 MNIST test images. ``fid``, ``kid``, ``is``
+and ``ipr`` are the Inception metrics of any images (``distgan.metrics.fidelity``, docs/evaluation.md).
 
 Under ``accelerate launch`` the samples are cut into fixed blocks of ``--block`` noise vectors; rank r
 generates blocks r, r+W, ... and their classifier features; rank 0 gathers them in block order. Since

@@ -157,8 +157,8 @@ def test_evaluate_all_feature_metrics(debug_run, tmp_path):
     assert res["fd"] > 0 and 0 <= res["precision"] <= 1 and res["num"] == 500
     # 40 steps of training: far from any training image (test images sit at a median 4.38 from the set)
     assert res["memorised_share"] == 0.0 and res["nn_train_dist_median"] > res["test_nn_train_dist_median"]
-    bad = run(["distgan.evaluate", "--checkpoint", str(run_dir), "--metrics", "fd,fid"], check=False)
-    assert bad.returncode == 2 and "fid" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run(["distgan.evaluate", "--checkpoint", str(run_dir), "--metrics", "fd,fidd"], check=False)
+    assert bad.returncode == 2 and "fidd" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_distributed_evaluate_equals_one_process(debug_run, tmp_path):

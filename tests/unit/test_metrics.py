@@ -115,6 +115,6 @@ def test_classifier_score_bounds():
 
 
 def test_unknown_metric_is_named():
-    with pytest.raises(ValueError, match="fid"):
-        suite.parse_metrics("fd,fid")
+    with pytest.raises(ValueError, match="fidd"):
+        suite.parse_metrics("fd,fidd")
     assert suite.parse_metrics("all") == suite.METRICS
