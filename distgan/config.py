@@ -359,6 +359,10 @@ class EvalConfig:
     inception_weights: str = ""
     """Inception-v3 weights for fid, kid, is and ipr (torch-fidelity's file); empty: $DISTGAN_INCEPTION_WEIGHTS,
     else torch-fidelity's own cache. Never downloaded at run time (``distgan.metrics.inception``)."""
+    classifier: str = ""
+    """A classifier file of ``python -m distgan.metrics.train_classifier --shards`` (your labelled shards): fd,
+    cs, modes and pr in its features against the held-out shards, for any image size; empty: the shipped
+    MNIST classifier (28x28 data)."""
     reference_num: int = 0
     """Validation images the Inception reference statistics are made of (0: all of them). Cached by the
     data's content hash and the weights (``$DISTGAN_CACHE_DIR/inception``)."""
@@ -416,19 +420,28 @@ class Config:
         if self.eval.every:
             metrics = parse_metrics(self.eval.metrics)
             mnist_like = classifier_metrics(metrics)
-            if mnist_like and (h, w) != (28, 28):
+            if self.eval.classifier:
+                wrong = [x for x in mnist_like if x not in ("fd", "cs", "modes", "pr")]
+                if wrong:
+                    raise ConfigError(
+                        f"eval.metrics: {wrong} need MNIST; with eval.classifier use fd, cs, modes, pr (and fid, kid, "
+                        f"is, ipr)"
+                    )
+            elif mnist_like and (h, w) != (28, 28):
                 raise ConfigError(
                     f"eval.metrics={self.eval.metrics!r}: {list(mnist_like)} use an MNIST classifier and need "
                     f"28x28 images; the data are {c}x{h}x{w}. Use the Inception metrics (eval.metrics=fid,kid "
-                    f"and eval.best_metric=fid), or eval.every=0"
+                    f"and eval.best_metric=fid), a classifier of your labelled shards (eval.classifier, made by "
+                    f"python -m distgan.metrics.train_classifier --shards), or eval.every=0"
                 )
             d = self.data
-            if needs_inception(metrics) and d.dataset == "webdataset" and not (d.val_urls.strip() or d.holdout_shards):
+            held_out = needs_inception(metrics) or (self.eval.classifier and mnist_like)
+            if held_out and d.dataset == "webdataset" and not (d.val_urls.strip() or d.holdout_shards):
                 raise ConfigError(
                     f"eval.metrics={self.eval.metrics!r} compares against held-out images: set data.val_urls "
                     f"(shards never trained on) or data.holdout_shards=N (the last N shards of data.urls)"
                 )
-            wrong = [m for m in mnist_like if (m in RGB_METRICS) != (c == 3)]
+            wrong = [m for m in mnist_like if (m in RGB_METRICS) != (c == 3) and not self.eval.classifier]
             if wrong:
                 raise ConfigError(
                     f"eval.metrics: {wrong} do not apply to {c}-channel data; use 'stacked' for "

@@ -39,7 +39,7 @@ from distgan.data.mnist import DataError, load_split
 from distgan.data.source import validation_source
 from distgan.generate import fixed_noise, generate
 from distgan.metrics import fidelity, inception, suite
-from distgan.metrics.classifier import features_and_probs, load_classifier
+from distgan.metrics.classifier import classifier_info, features_and_probs, load_classifier
 from distgan.metrics.suite import FIGURES, parse_metrics
 from distgan.runtime import gather_objects, leave_process_group
 from distgan.sample import load_generator
@@ -56,17 +56,19 @@ def generate_blocks(
     device="cpu",
     features: bool = True,
     extractor=None,
+    classifier: str | None = None,
 ) -> dict[int, dict]:
     """{block index: {"images", "features", "probs"[, "inception"]}} for this rank's blocks of the ``num``
     samples: uint8 images, the MNIST classifier's features and class probabilities (``features``), and the
-    Inception features (given torch-fidelity's ``extractor``).
+    Inception features (given torch-fidelity's ``extractor``). ``classifier``: a classifier file of
+    ``train_classifier --shards`` in place of the shipped MNIST one.
 
     The noise for all ``num`` samples comes from one CPU generator seeded with ``seed``, so sample i is
     the same whichever rank makes it (and equals ``distgan.sample`` with the same seed).
     """
 
     z = fixed_noise(num, cfg.model.z_dim, cfg.model.noise, seed)
-    clf = load_classifier(device=str(device)) if features else None
+    clf = load_classifier(classifier, device=str(device)) if features else None
     out = {}
     for b in range(rank, (num + block - 1) // block, world):
         imgs = generate(G, z[b * block : (b + 1) * block], device, block)
@@ -111,6 +113,11 @@ class InTrainingEval:
         self.metrics = suite.parse_metrics(cfg.eval.metrics)
         self.best = BestRule(cfg.eval.best_metric)
         self.extractor = self.reference = None
+        self.classifier = cfg.eval.classifier or None
+        self.classifier_reference = "valid"
+        if cfg.eval.every and self.classifier:  # fails before anything is written when it does not fit the data
+            check_classifier(self.classifier, cfg.data.image_shape)
+            self.classifier_reference = validation_source(cfg)
         if cfg.eval.every and suite.needs_inception(self.metrics):
             # before anything is written: missing or wrong weights end the start with exit 2
             weights = inception.find_weights(cfg.eval.inception_weights)
@@ -138,13 +145,20 @@ class InTrainingEval:
             self.device,
             features=bool(suite.FEATURE_METRICS & set(self.metrics)),
             extractor=self.extractor,
+            classifier=self.classifier,
         )
         blocks = gather_blocks(blocks, self.world)
 
         def compute():
             a = assemble(blocks)
             res = suite.compute(
-                a["images"], self.metrics, self.cfg.data.root, a["features"], a["probs"], reference="valid"
+                a["images"],
+                self.metrics,
+                self.cfg.data.root,
+                a["features"],
+                a["probs"],
+                reference=self.classifier_reference,
+                classifier=self.classifier,
             )
             if self.extractor is not None:
                 res.update(fidelity.figures(a["inception"], self.reference, self.metrics))
@@ -161,6 +175,23 @@ class InTrainingEval:
         b = self.best.best
         best = f" | best {b['metric']} {b['value']:.4g} at step {b['step']}" if b else ""
         return f"[distgan] eval step {step}: {shown}{best} ({seconds:.1f} s)"
+
+
+def check_classifier(path: str, image_shape) -> None:
+    """DataError unless the classifier file loads and was trained on images of ``image_shape`` (C, H, W)."""
+    info = classifier_info_of(path)
+    c, h, _ = image_shape
+    if (int(info.get("channels", 1)), int(info.get("image_size", 28))) != (c, h):
+        raise DataError(
+            f"classifier {path} was trained on {info.get('channels', 1)}-channel {info.get('image_size', 28)} px "
+            f"images, the data are {c}x{h}x{h}; train one on these shards with python -m "
+            f"distgan.metrics.train_classifier --shards PATTERN --out FILE"
+        )
+
+
+def classifier_info_of(path: str) -> dict:
+    load_classifier(path)  # a missing or unreadable file: DataError naming it
+    return classifier_info(path)
 
 
 class BestRule:
@@ -232,6 +263,11 @@ def main(argv=None) -> int:
         ".npz or mnist[:split] (default: MNIST's test set for 28x28 runs, the run's data.val_urls for shard runs)",
     )
     p.add_argument("--inception-weights", default="", help="torch-fidelity's Inception weights file (see docs)")
+    p.add_argument(
+        "--classifier",
+        default=None,
+        help="a classifier of train_classifier --shards for fd,cs,modes,pr on your data (needs --reference)",
+    )
     p.add_argument("--out", default=None, help="with --make-reference: the statistics file to write")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
@@ -320,6 +356,7 @@ def _evaluate(args, metrics, rank: int, world: int, device: str) -> int:
                     device,
                     features=bool(suite.FEATURE_METRICS & set(metrics)),
                     extractor=extractor,
+                    classifier=args.classifier,
                 ),
                 world,
             )
@@ -348,7 +385,13 @@ def _evaluate(args, metrics, rank: int, world: int, device: str) -> int:
             if incep is None:
                 incep = fidelity.extract(images, extractor, rank, world, args.block, device)
             source["reference"] = args.reference or ref.meta.get("source")
-        res = suite.compute(images, metrics, root, feats, probs) if rank == 0 else {}
+        if args.classifier and not args.reference:
+            raise DataError("--classifier compares against held-out images of your data: pass --reference SOURCE")
+        res = (
+            suite.compute(images, metrics, root, feats, probs, args.reference or "test", classifier=args.classifier)
+            if rank == 0
+            else {}
+        )
         if extractor is not None and rank == 0:
             res.update(fidelity.figures(incep, ref, metrics))
     except (CheckpointError, ConfigError, DataError, FileNotFoundError, ValueError) as e:

@@ -140,6 +140,7 @@ def compute(
     feats: torch.Tensor | None = None,
     probs: torch.Tensor | None = None,
     reference: str = "test",
+    classifier: str | None = None,
 ) -> dict:
     """Every requested metric of uint8 samples ``[N, 1, 28, 28]`` against the MNIST ``reference`` split.
 
@@ -148,7 +149,13 @@ def compute(
     ``reference="valid"``: the same with the validation split in the test set's place (Parzen: sigma on
     valid[:1000], log-likelihood of valid[1000:]). ``feats``/``probs`` may be passed when already computed
     (gathered across ranks, for instance).
+
+    ``classifier``: a file of ``train_classifier --shards`` in place of the shipped MNIST classifier; then
+    ``reference`` is an image source (``fidelity.Source``: held-out shards, a folder) and fd, cs, modes and
+    pr apply, to images of any size.
     """
+    if classifier:
+        return _compute_custom(images_u8, classifier_metrics(metrics), data_root, feats, probs, reference, classifier)
     if reference not in REFERENCES:
         raise ValueError(f"reference={reference!r}; choose one of {REFERENCES}")
     out: dict = {}
@@ -193,6 +200,43 @@ def compute(
             train = pixels("train")
             out.update(nearest_neighbour_check(x, train, held_out, held_out_to_train=_cached_nearest(train, held_out)))
     return out
+
+
+CUSTOM_METRICS = ("fd", "cs", "modes", "pr")
+"""What a classifier trained on the user's shards computes (``eval.classifier``)."""
+
+
+def _compute_custom(images_u8, metrics, data_root, feats, probs, reference: str, classifier: str) -> dict:
+    from distgan.metrics.classifier import load_classifier
+    from distgan.metrics.fidelity import Source
+
+    wrong = [m for m in metrics if m not in CUSTOM_METRICS]
+    if wrong:
+        raise ValueError(f"metrics {wrong} need MNIST; with a classifier of your own use {list(CUSTOM_METRICS)}")
+    out: dict = {}
+    if not metrics:
+        return out
+    net = load_classifier(classifier)
+    if feats is None or probs is None:
+        feats, probs = features_and_probs(images_u8, net)
+    if "fd" in metrics or "pr" in metrics:
+        src = Source(reference, data_root)
+        tag = f"{src.content_hash()}-{_file_tag(classifier)}"
+        ref_feats = _cached(f"clfref-{tag}", lambda: features_and_probs(src.load(), net)[0])
+    if "fd" in metrics:
+        out["fd"] = scores.fd_from_features(feats, ref_feats)
+    if "cs" in metrics:
+        out["cs"] = scores.classifier_score(probs)
+    if "modes" in metrics:
+        out.update(scores.mode_coverage(probs))
+    if "pr" in metrics:
+        radii = _cached(f"clfradii3-{tag}", lambda: scores.kth_radii(ref_feats, 3))
+        out.update(scores.precision_recall(ref_feats, feats, k=3, real_radii=radii))
+    return out
+
+
+def _file_tag(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _cached_nearest(train: torch.Tensor, held_out: torch.Tensor) -> torch.Tensor:

@@ -19,17 +19,18 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    """16 RGB images at 32 px in 4 shards of 4."""
+    """16 RGB images at 32 px in 4 shards of 4, in two classes (sub-folders "dark" and "light")."""
     from PIL import Image
 
     root = tmp_path_factory.mktemp("rgb")
     src = root / "images"
-    src.mkdir()
     g = torch.Generator().manual_seed(0)
     for i in range(16):
-        x = torch.randint(0, 256, (3, 8, 8), generator=g, dtype=torch.uint8)  # blocky 32 px images
+        cls = ("dark", "light")[i % 2]
+        x = torch.randint(0, 128, (3, 8, 8), generator=g, dtype=torch.uint8) + 127 * (i % 2)  # blocky 32 px
         x = x.repeat_interleave(4, 1).repeat_interleave(4, 2)
-        Image.fromarray(x.permute(1, 2, 0).numpy()).save(src / f"{i:03d}.png")
+        (src / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x.permute(1, 2, 0).numpy()).save(src / cls / f"{i:03d}.png")
     out = root / "shards"
     call("distgan.data.make_shards", "--from", str(src), "--out", str(out), "--size", "32", "--shard-size", "4",
          "--no-progress")  # fmt: skip
@@ -90,3 +91,38 @@ def test_in_training_fid_on_held_out_shards_selects_best(tmp_path, weights, shar
         "eval.num=4", "eval.block=4", "eval.metrics=fid", "eval.best_metric=fid", f"eval.inception_weights={weights}",
     )  # fmt: skip
     assert "(cached;" in p.stdout
+
+
+def test_a_classifier_of_labelled_shards_scores_a_32px_run(tmp_path, shards):
+    """Without Inception weights: train_classifier on the shards' .cls labels, then fd and modes in its
+    features during training (against the held-out shard) and in distgan.evaluate. A classifier trained on
+    other images (the shipped MNIST one: 1 channel, 28 px) is refused at start, before the run dir exists."""
+    clf = tmp_path / "clf.safetensors"
+    r = call("distgan.metrics.train_classifier", "--shards", shards, "--out", str(clf), "--epochs", "4",
+             "--batch-size", "4")  # fmt: skip
+    assert "validation accuracy" in r.stdout
+    from distgan.metrics.classifier import classifier_info
+
+    info = classifier_info(str(clf))
+    assert (info["channels"], info["image_size"], info["num_classes"]) == (3, 32, 2)
+    common = [
+        "data.dataset=webdataset", f"data.urls={shards}", "data.image_size=32", "data.channels=3", "data.workers=0",
+        "data.holdout_shards=1", "model.generator=dcgan", "model.discriminator=dcgan", "model.width=8",
+        "train.batch_size=4", "train.max_steps=4", "train.ckpt_every=4", "eval.every=2", "eval.num=8", "eval.block=4",
+        "eval.metrics=fd,modes", "eval.best_metric=fd",
+    ]  # fmt: skip
+    train_here(tmp_path / "run", *common, f"eval.classifier={clf}")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    fds = [r["eval/fd"] for r in rows if "eval/fd" in r]
+    assert len(fds) == 2 and all(v > 0 for v in fds) and all(r["eval/modes_total"] == 2 for r in rows if "eval/fd" in r)
+    out = tmp_path / "eval.json"
+    held_out = shards.replace("{000000..000003}", "000003")
+    call("distgan.evaluate", "--checkpoint", str(tmp_path / "run"), "--metrics", "fd,modes", "--num", "8",
+         "--classifier", str(clf), "--reference", held_out, "--json", str(out))  # fmt: skip
+    assert json.loads(out.read_text())["fd"] > 0
+
+    from distgan.metrics.classifier import WEIGHTS
+
+    r = train_here(tmp_path / "refused", *common, f"eval.classifier={WEIGHTS}", check=False)
+    assert r.returncode == 2 and str(WEIGHTS) in r.stderr and "1-channel 28 px" in r.stderr
+    assert not (tmp_path / "refused").exists()
