@@ -126,3 +126,25 @@ def test_a_classifier_of_labelled_shards_scores_a_32px_run(tmp_path, shards):
     r = train_here(tmp_path / "refused", *common, f"eval.classifier={WEIGHTS}", check=False)
     assert r.returncode == 2 and str(WEIGHTS) in r.stderr and "1-channel 28 px" in r.stderr
     assert not (tmp_path / "refused").exists()
+
+
+def test_colour_mnist_folder_for_the_rgb_examples(tmp_path, data_dir):
+    """The RGB folder the docs make offline: MNIST digits in colour, 32 px, one sub-folder per digit (the
+    label of each image), written into a new folder only."""
+    from PIL import Image
+
+    from distgan.data.mnist import load_split
+
+    out = tmp_path / "rgb"
+    call("distgan.data.make_shards", "--from", "colour_mnist", "--num", "12", "--size", "32", "--folder", str(out),
+         "--no-progress")  # fmt: skip
+    files = sorted(out.rglob("*.png"))
+    assert len(files) == 12
+    x, y = load_split(data_dir, "train")
+    idx = torch.randint(0, x.shape[0], (12,), generator=torch.Generator().manual_seed(0))  # make_shards' draw
+    for f in files:
+        with Image.open(f) as im:
+            assert im.mode == "RGB" and im.size == (32, 32)
+        assert f.parent.name == str(int(y[idx[int(f.stem)]]))
+    r = call("distgan.data.make_shards", "--from", "colour_mnist", "--num", "4", "--folder", str(out), check=False)
+    assert r.returncode == 2 and "not empty" in r.stderr and len(list(out.rglob("*.png"))) == 12
