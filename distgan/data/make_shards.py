@@ -15,6 +15,7 @@ and centre-cropped to a square, plus ``{key}.cls`` with an integer class when th
 of the image's top-level sub-folder (sorted names) for a folder, the digit for MNIST, and
 ``100 a + 10 b + c`` for a Stacked MNIST triple (digits a, b, c in the R, G, B channels).
 
+A folder's images are written in a random order drawn from ``--seed``, so every shard holds every class.
 Shards are ``OUT/{prefix}-000000.tar ...``, each written to a temporary name and renamed when complete,
 plus ``OUT/{prefix}-meta.json`` (count, shards, image shape, classes). An output folder that already
 holds shards with this prefix is refused unless ``--overwrite``.
@@ -52,13 +53,18 @@ def resize_center_crop(img, size: int):
     return img
 
 
-def folder_samples(root: Path, channels: int, size: int):
-    """(PIL image, class or None, name) for every image under ``root``; classes from top-level folders."""
+def folder_samples(root: Path, channels: int, size: int, seed: int = 0):
+    """(PIL image, class or None, name) for every image under ``root``; classes from top-level folders.
+
+    In a seeded random order (``torch.randperm`` of the sorted paths): sorted paths would fill the first shards
+    with the first class and the last with the last, so a held-out shard (``data.holdout_shards``) or a
+    shuffle buffer would see one class."""
     from PIL import Image, UnidentifiedImageError
 
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise SystemExit(f"distgan: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    files = [files[i] for i in torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))]
     top = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     classes = {name: i for i, name in enumerate(top)}
 
@@ -258,7 +264,7 @@ def main(argv=None) -> int:
                 )
                 return 2
             size, ch = args.size or 64, args.channels or 3
-            total, samples, classes = folder_samples(src, ch, size)
+            total, samples, classes = folder_samples(src, ch, size, args.seed)
     except DataError as e:
         print(f"distgan: {e}", file=sys.stderr)
         return 2

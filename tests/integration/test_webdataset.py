@@ -34,7 +34,9 @@ def folder(tmp_path_factory):
         (root / cls).mkdir(exist_ok=True)
         arr = g.integers(0, 256, (32, 32, 3), dtype=np.uint8)
         Image.fromarray(arr).save(root / cls / f"{i:03d}.png")
-    for p in sorted(root.rglob("*.png")):  # the writer's order: sorted paths
+    paths = sorted(root.rglob("*.png"))
+    perm = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0))  # the writer's order (--seed 0)
+    for p in [paths[i] for i in perm]:
         images.append(np.asarray(Image.open(p)).transpose(2, 0, 1))
         labels.append({"cats": 0, "dogs": 1}[p.parent.name])
     return root, torch.from_numpy(np.stack(images)), torch.tensor(labels)
