@@ -212,9 +212,41 @@ def test_launcher_mixed_precision_is_refused(monkeypatch):
         build_accelerator(load(None, [], env={}))
 
 
-def test_bf16_autocast_step_runs_on_cpu(tmp_path, data_dir):
-    tr = make(tmp_path, "bf", data_dir, ["runtime.precision=bf16"])
-    assert tr.precision == "bf16"
-    d, g = tr.train_step(0)
-    assert torch.isfinite(d).all() and torch.isfinite(g).all()
-    assert all(p.dtype == torch.float32 for p in tr.G.module.parameters())  # autocast keeps fp32 master weights
+LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+
+
+def layer_output_dtypes(tr, step: int = 0):
+    """{layer name: set of output dtypes} of every Linear and convolution of G and D over one real step
+    (forward hooks: every call in both phases), and the step's stats."""
+    seen: dict = {}
+    hooks = []
+    for net, module in (("G", tr.G.module), ("D", tr.D.module)):
+        for name, m in module.named_modules():
+            if isinstance(m, LAYERS):
+                key = f"{net}.{name}"
+                seen[key] = set()
+                hooks.append(m.register_forward_hook(lambda m, i, o, key=key: seen[key].add(o.dtype)))
+    try:
+        d, g = tr.train_step(step)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen, d, g
+
+
+@pytest.mark.parametrize("nets", ["paper_mlp", "dcgan28"])
+def test_bf16_autocast_runs_every_matmul_and_conv_in_bf16(tmp_path, data_dir, nets):
+    """runtime.precision=bf16: every Linear and convolution of G and D outputs bfloat16 inside a real step
+    (an autocast that silently ran fp32 would output float32), while the weights stay fp32 masters. The
+    negative control: the same step at precision=no records float32 in the same hooks."""
+    arch = (
+        [] if nets == "paper_mlp" else ["model.generator=dcgan28", "model.discriminator=dcgan28", "model.noise=normal"]
+    )
+    for precision, want in (("bf16", torch.bfloat16), ("no", torch.float32)):
+        tr = make(tmp_path, f"{nets}-{precision}", data_dir, [f"runtime.precision={precision}", *arch, "model.width=8"])
+        assert tr.precision == precision
+        seen, d, g = layer_output_dtypes(tr)
+        assert len(seen) >= 4 and all(seen.values()), f"layers that never ran: {[k for k, v in seen.items() if not v]}"
+        assert all(v == {want} for v in seen.values()), {k: v for k, v in seen.items() if v != {want}}
+        assert torch.isfinite(d).all() and torch.isfinite(g).all()
+        assert all(p.dtype == torch.float32 for p in [*tr.G.module.parameters(), *tr.D.module.parameters()])
