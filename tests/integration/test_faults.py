@@ -179,6 +179,9 @@ def test_codes_under_accelerate_launch_collapse_to_1_status_json_keeps_them(tmp_
     bad = train(tmp_path / "b", "train.max_steps=many", nproc=2, check=False)
     assert bad.returncode == 1 and bad.stderr.count("train.max_steps='many' must be an integer") == 1
     assert not (tmp_path / "b").exists()
+    # a GPU-only option on CPU ranks: refused on every rank once the process group exists, said once
+    sbn = train(tmp_path / "s", "model.sync_batchnorm=true", nproc=2, check=False)
+    assert sbn.returncode == 1 and sbn.stderr.count("model.sync_batchnorm=true needs CUDA devices") == 1, sbn.stderr
     # accelerate's one-process launcher (launch/single_gpu.yaml, which runs on the CPU where there is no GPU)
     # turns 2 into 1 as well: why ./launch/train.sh runs one GPU as a plain process
     one = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/single_gpu.yaml"]
