@@ -388,7 +388,9 @@ def _evaluate(args, metrics, rank: int, world: int, device: str) -> int:
         if args.classifier and not args.reference:
             raise DataError("--classifier compares against held-out images of your data: pass --reference SOURCE")
         res = (
-            suite.compute(images, metrics, root, feats, probs, args.reference or "test", classifier=args.classifier)
+            suite.compute(
+                images, metrics, root, feats, probs, args.reference if args.classifier else "test", args.classifier
+            )
             if rank == 0
             else {}
         )

@@ -93,6 +93,7 @@ def test_in_training_fid_on_held_out_shards_selects_best(tmp_path, weights, shar
     assert "(cached;" in p.stdout
 
 
+@pytest.mark.slow
 def test_a_classifier_of_labelled_shards_scores_a_32px_run(tmp_path, shards):
     """Without Inception weights: train_classifier on the shards' .cls labels, then fd and modes in its
     features during training (against the held-out shard) and in distgan.evaluate. A classifier trained on

@@ -35,6 +35,7 @@ def images(n, seed, smooth=False):
     return x
 
 
+@pytest.mark.slow  # Inception forwards at 299 px: seconds per dozen images on a CPU
 def test_figures_equal_torch_fidelity_on_two_folders_and_another_resize_does_not(tmp_path, weights):
     """distgan's FID, KID and IS of folder A against folder B equal torch-fidelity's ``calculate_metrics`` on the
     same folders and weights file.
@@ -117,6 +118,7 @@ def test_frechet_distance_of_two_gaussians_in_closed_form():
     assert not math.isclose(((m1 - m2) ** 2).sum() + (a + b - 2 * a * b).sum(), want, rel_tol=1e-3)
 
 
+@pytest.mark.slow
 def test_reference_cache_hit_miss_after_a_byte_changes_and_a_corrupt_file_refused(tmp_path, weights, monkeypatch):
     monkeypatch.setenv("DISTGAN_CACHE_DIR", str(tmp_path / "cache"))
     folder = write_folder(tmp_path / "ref", images(4, 2))
