@@ -496,22 +496,22 @@ def trainer_rows(precisions: str, compiles: str) -> list[tuple[str, str, list[st
     ]
 
 
-def _main_inception(args) -> int:
-    """distgan's Inception extraction against torch-fidelity's own batch loop, and the FLOP ceiling."""
+def inception_throughput(num: int, repeats: int, weights: str = "", device=None) -> list[str]:
+    """Inception extraction img/s through distgan and through torch-fidelity's own batch loop on the same
+    images, with the ceiling the GEMM rate allows for the network's FLOPs per image: the report's lines."""
     from torch.utils.data import Dataset
     from torch_fidelity.utils import get_featuresdict_from_dataset
 
     from distgan.metrics import fidelity, inception
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tmp = None
-    if args.inception_weights:
-        weights, what = inception.find_weights(args.inception_weights), "the given weights"
-    else:  # the speed does not depend on the values
-        tmp = tempfile.TemporaryDirectory()
-        weights, what = inception.write_random_weights(os.path.join(tmp.name, "w.pth")), "random weights"
-    net = inception.load_extractor(weights, dev)
-    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        if weights:
+            path, what = inception.find_weights(weights), "the given weights"
+        else:  # the speed does not depend on the values
+            path, what = inception.write_random_weights(os.path.join(tmp, "w.pth")), "random weights"
+        net = inception.load_extractor(path, dev)
+    images = torch.randint(0, 256, (num, 3, 32, 32), dtype=torch.uint8)
 
     class Images(Dataset):
         def __len__(self):
@@ -526,8 +526,8 @@ def _main_inception(args) -> int:
     def library():
         get_featuresdict_from_dataset(Images(), net, inception.BATCH, dev.type == "cuda", True, False)
 
-    flops = _flops(lambda: net(images[:1].to(dev))) / 1
-    n = 2048
+    flops = _flops(lambda: net(images[:1].to(dev)))
+    n = 4096 if dev.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
     a @ b
     _sync(dev)
@@ -539,37 +539,37 @@ def _main_inception(args) -> int:
     rows = {"torch-fidelity loop": library, "distgan extract": ours}
     times: dict[str, list[float]] = {k: [] for k in rows}
     ours()  # warm-up (allocator, oneDNN/cuDNN plans)
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for k, fn in rows.items():
             _sync(dev)
             t0 = time.perf_counter()
             fn()
             _sync(dev)
-            times[k].append(args.images / (time.perf_counter() - t0))
+            times[k].append(num / (time.perf_counter() - t0))
     ceiling = gemm / flops
-    print(
-        f"Inception-v3 features (torch-fidelity {_fidelity_version()}, {what}), {args.images} images of 32x32 "
-        f"resized to 299, batches of {inception.BATCH}, {dev}, {torch.get_num_threads()} threads, median of "
-        f"{args.repeats}"
-    )
-    print(f"{'row':<22} {'img/s':>8} {'vs library':>10} {'% of ceiling':>13}")
+    from importlib.metadata import version
+
+    out = [
+        f"Inception-v3 features (torch-fidelity {version('torch-fidelity')}, {what}), {num} images of 32x32 "
+        f"resized to 299, batches of {inception.BATCH}, {dev}, {torch.get_num_threads()} threads, fp32, median of "
+        f"{repeats}",
+        f"{'row':<22} {'img/s':>8} {'vs library':>10} {'% of ceiling':>13}",
+    ]
     ref = statistics.median(times["torch-fidelity loop"])
     for k, v in times.items():
         m = statistics.median(v)
-        print(f"{k:<22} {m:>8.1f} {m / ref:>9.2f}x {100 * m / ceiling:>12.1f}%")
-    print(
+        out.append(f"{k:<22} {m:>8.1f} {m / ref:>9.2f}x {100 * m / ceiling:>12.1f}%")
+    out.append(
         f"ceiling: {flops / 1e9:.2f} GFLOP per image (FlopCounterMode) at {gemm / 1e9:.0f} GFLOP/s "
         f"(fp32 {n}x{n} GEMM here) = {ceiling:.1f} img/s"
     )
-    if tmp is not None:
-        tmp.cleanup()
+    return out
+
+
+def _main_inception(args) -> int:
+    for line in inception_throughput(args.images, args.repeats, args.inception_weights):
+        print(line)
     return 0
-
-
-def _fidelity_version() -> str:
-    from importlib.metadata import version
-
-    return version("torch-fidelity")
 
 
 def _main_stream(args) -> int:
