@@ -83,6 +83,12 @@ def test_in_training_fid_on_held_out_shards_selects_best(tmp_path, weights, shar
     best_step = min(fids, key=fids.get)
     manifest = json.loads((run / "checkpoints" / "best" / "manifest.json").read_text())
     assert manifest["step"] == best_step and manifest["best"]["value"] == fids[best_step]
+    # distgan.evaluate on the run: FID against the run's own held-out shard, found in its config
+    out = tmp_path / "fid.json"
+    call("distgan.evaluate", "--checkpoint", str(run), "--metrics", "fid", "--num", "8", "--block", "4",
+         "--inception-weights", str(weights), "--json", str(out))  # fmt: skip
+    res = json.loads(out.read_text())
+    assert res["fid"] > 0 and res["reference"].endswith("train-000003.tar") and res["num"] == 8
     # the reference statistics were cached by content: a second start finds them
     p = train_here(
         tmp_path / "again", "data.dataset=webdataset", f"data.urls={shards}", "data.image_size=32",
