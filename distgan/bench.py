@@ -4,6 +4,10 @@
                             [--precision no,bf16,fp16,auto] [--repeats 3] [--quick]
     python -m distgan.bench --stream --config configs/webdataset_64.yaml data.urls='shards/train-{000000..000009}.tar'
     python -m distgan.bench --data-only --config configs/webdataset_64.yaml data.urls='...'
+    python -m distgan.bench --inception [--images 256] [--inception-weights FILE]
+
+``--inception``: Inception feature extraction (FID's cost) through distgan against torch-fidelity's own
+loop on the same images, with the ceiling the GEMM rate allows for the network's FLOPs per image.
 
 ``--stream``: the trainer fed from shards (DataLoader workers decoding) against the same trainer fed
 from the same images held in memory (``data.in_memory=true``), side by side. ``--data-only``: the
@@ -481,6 +485,9 @@ def main(argv=None) -> int:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stream", action="store_true", help="trainer from shards vs from memory (webdataset configs)")
     mode.add_argument("--data-only", action="store_true", help="the shard loader alone (webdataset configs)")
+    mode.add_argument("--inception", action="store_true", help="Inception feature extraction, img/s")
+    p.add_argument("--images", type=int, default=256, help="--inception: images per row (default %(default)s)")
+    p.add_argument("--inception-weights", default="", help="--inception: weights (default: random, same speed)")
     p.add_argument("--_row", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides for every row (section.key=value)")
     args = p.parse_args(argv)
@@ -491,6 +498,8 @@ def main(argv=None) -> int:
         args.steps, args.warmup, args.repeats = 5, 2, 1
     if args.stream or args.data_only:
         return _main_stream(args)
+    if args.inception:
+        return _main_inception(args)
     try:
         rows = [("textbook", "eager", []), *trainer_rows(args.precision, args.compile)]
     except ValueError as e:
@@ -524,6 +533,82 @@ def trainer_rows(precisions: str, compiles: str) -> list[tuple[str, str, list[st
     return [
         ("trainer", COMPILE_MODES[m][0], [f"runtime.precision={p}", *COMPILE_MODES[m][1]]) for p in precs for m in modes
     ]
+
+
+def inception_throughput(num: int, repeats: int, weights: str = "", device=None) -> list[str]:
+    """Inception extraction img/s through distgan and through torch-fidelity's own batch loop on the same
+    images, with the ceiling the GEMM rate allows for the network's FLOPs per image: the report's lines."""
+    from torch.utils.data import Dataset
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
+    from distgan.metrics import fidelity, inception
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        if weights:
+            path, what = inception.find_weights(weights), "the given weights"
+        else:  # the speed does not depend on the values
+            path, what = inception.write_random_weights(os.path.join(tmp, "w.pth")), "random weights"
+        net = inception.load_extractor(path, dev)
+    images = torch.randint(0, 256, (num, 3, 32, 32), dtype=torch.uint8)
+
+    class Images(Dataset):
+        def __len__(self):
+            return images.shape[0]
+
+        def __getitem__(self, i):
+            return images[i]
+
+    def ours():
+        fidelity.extract(images, net, block=inception.BATCH, device=dev)
+
+    def library():
+        get_featuresdict_from_dataset(Images(), net, inception.BATCH, dev.type == "cuda", True, False)
+
+    flops = _flops(lambda: net(images[:1].to(dev)))
+    n = 4096 if dev.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    a @ b
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    _sync(dev)
+    gemm = 2 * n**3 * 10 / (time.perf_counter() - t0)
+    rows = {"torch-fidelity loop": library, "distgan extract": ours}
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    ours()  # warm-up (allocator, oneDNN/cuDNN plans)
+    for _ in range(repeats):
+        for k, fn in rows.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            times[k].append(num / (time.perf_counter() - t0))
+    ceiling = gemm / flops
+    from importlib.metadata import version
+
+    out = [
+        f"Inception-v3 features (torch-fidelity {version('torch-fidelity')}, {what}), {num} images of 32x32 "
+        f"resized to 299, batches of {inception.BATCH}, {dev}, {torch.get_num_threads()} threads, fp32, median of "
+        f"{repeats}",
+        f"{'row':<22} {'img/s':>8} {'vs library':>10} {'% of ceiling':>13}",
+    ]
+    ref = statistics.median(times["torch-fidelity loop"])
+    for k, v in times.items():
+        m = statistics.median(v)
+        out.append(f"{k:<22} {m:>8.1f} {m / ref:>9.2f}x {100 * m / ceiling:>12.1f}%")
+    out.append(
+        f"ceiling: {flops / 1e9:.2f} GFLOP per image (FlopCounterMode) at {gemm / 1e9:.0f} GFLOP/s "
+        f"(fp32 {n}x{n} GEMM here) = {ceiling:.1f} img/s"
+    )
+    return out
+
+
+def _main_inception(args) -> int:
+    for line in inception_throughput(args.images, args.repeats, args.inception_weights):
+        print(line)
+    return 0
 
 
 def _main_stream(args) -> int:

@@ -21,7 +21,7 @@ import yaml
 from distgan.augment import parse as parse_augment
 from distgan.errors import ConfigError  # noqa: F401 - re-exported: ``from distgan.config import ConfigError``
 from distgan.losses import LOSSES
-from distgan.metrics.suite import RGB_METRICS, figures_of, parse_metrics
+from distgan.metrics.suite import RGB_METRICS, classifier_metrics, figures_of, needs_inception, parse_metrics
 from distgan.networks import DISCRIMINATORS, GENERATORS, RESNET_DEFAULT_WIDTH, RESNETS, SPECTRAL_NORM
 from distgan.networks.r3gan import SIZES as R3GAN_SIZES
 
@@ -35,6 +35,7 @@ IDENTITY_KEYS = (
     "data.urls",
     "data.image_size",
     "data.channels",
+    "data.holdout_shards",
 )
 """Config keys that define *what* is trained. A resume that changes one of them is refused unless the key
 is named in ``train.allow_changed`` (``model.*`` stands for every key of the model section). An allowed
@@ -128,6 +129,12 @@ class DataConfig:
     """Differentiable augmentation of every image D sees (DiffAugment; distgan/augment.py): a comma list of
     ``color``, ``translation``, ``cutout``, applied to reals and fakes alike in D's and G's phases and before
     R1/R2, drawn per image from (seed, rank, step). Empty: off."""
+    val_urls: str = ""
+    """webdataset: held-out shards (same notation as ``urls``) that in-training Inception metrics
+    (``eval.metrics=fid,...``) compare against; never trained on."""
+    holdout_shards: int = 0
+    """webdataset: hold the last this many shards of ``urls`` out of training and use them as ``val_urls``
+    (0: none). Changes which images train: an identity key."""
 
     def __post_init__(self):
         _choices("data.dataset", self.dataset, {"mnist", "webdataset"})
@@ -140,6 +147,14 @@ class DataConfig:
             parse_augment(self.augment)
         except ValueError as e:
             raise ConfigError(f"data.augment={self.augment!r}: {e}") from None
+        _positive("data.holdout_shards", self.holdout_shards, zero_ok=True)
+        if self.val_urls.strip() and self.holdout_shards:
+            raise ConfigError("data.val_urls and data.holdout_shards both name validation shards; set one of them")
+        if (self.val_urls.strip() or self.holdout_shards) and self.dataset != "webdataset":
+            raise ConfigError(
+                "data.val_urls and data.holdout_shards are for data.dataset=webdataset; MNIST runs validate on "
+                "train[50000:60000]"
+            )
         if self.dataset == "webdataset" and not self.urls.strip():
             raise ConfigError(
                 "data.dataset=webdataset needs data.urls, e.g. data.urls='shards/train-{000000..000009}.tar' "
@@ -407,12 +422,23 @@ class EvalConfig:
     """Seed of the evaluation noise: the same samples every time, so figures compare across steps."""
     block: int = 500
     """Samples per generation block (the unit of work per rank)."""
+    inception_weights: str = ""
+    """Inception-v3 weights for fid, kid, is and ipr (torch-fidelity's file); empty: $DISTGAN_INCEPTION_WEIGHTS,
+    else torch-fidelity's own cache. Never downloaded at run time (``distgan.metrics.inception``)."""
+    classifier: str = ""
+    """A classifier file of ``python -m distgan.metrics.train_classifier --shards`` (your labelled shards): fd,
+    cs, modes and pr in its features against the held-out shards, for any image size; empty: the shipped
+    MNIST classifier (28x28 data)."""
+    reference_num: int = 0
+    """Validation images the Inception reference statistics are made of (0: all of them). Cached by the
+    data's content hash and the weights (``$DISTGAN_CACHE_DIR/inception``)."""
 
     def __post_init__(self):
 
         _positive("eval.every", self.every, zero_ok=True)
         _positive("eval.num", self.num)
         _positive("eval.block", self.block)
+        _positive("eval.reference_num", self.reference_num, zero_ok=True)
         try:
             names = parse_metrics(self.metrics)
         except ValueError as e:
@@ -463,12 +489,30 @@ class Config:
                 f"not {m.discriminator!r}"
             )
         if self.eval.every:
-            if (h, w) != (28, 28):
+            metrics = parse_metrics(self.eval.metrics)
+            mnist_like = classifier_metrics(metrics)
+            if self.eval.classifier:
+                wrong = [x for x in mnist_like if x not in ("fd", "cs", "modes", "pr")]
+                if wrong:
+                    raise ConfigError(
+                        f"eval.metrics: {wrong} need MNIST; with eval.classifier use fd, cs, modes, pr (and fid, kid, "
+                        f"is, ipr)"
+                    )
+            elif mnist_like and (h, w) != (28, 28):
                 raise ConfigError(
-                    f"eval.every={self.eval.every}: the metrics use an MNIST classifier and need 28x28 "
-                    f"images; the data are {c}x{h}x{w}. Set eval.every=0"
+                    f"eval.metrics={self.eval.metrics!r}: {list(mnist_like)} use an MNIST classifier and need "
+                    f"28x28 images; the data are {c}x{h}x{w}. Use the Inception metrics (eval.metrics=fid,kid "
+                    f"and eval.best_metric=fid), a classifier of your labelled shards (eval.classifier, made by "
+                    f"python -m distgan.metrics.train_classifier --shards), or eval.every=0"
                 )
-            wrong = [m for m in parse_metrics(self.eval.metrics) if (m in RGB_METRICS) != (c == 3)]
+            d = self.data
+            held_out = needs_inception(metrics) or (self.eval.classifier and mnist_like)
+            if held_out and d.dataset == "webdataset" and not (d.val_urls.strip() or d.holdout_shards):
+                raise ConfigError(
+                    f"eval.metrics={self.eval.metrics!r} compares against held-out images: set data.val_urls "
+                    f"(shards never trained on) or data.holdout_shards=N (the last N shards of data.urls)"
+                )
+            wrong = [m for m in mnist_like if (m in RGB_METRICS) != (c == 3) and not self.eval.classifier]
             if wrong:
                 raise ConfigError(
                     f"eval.metrics: {wrong} do not apply to {c}-channel data; use 'stacked' for "

@@ -5,11 +5,15 @@
     accelerate launch -m distgan.evaluate --checkpoint runs/dcgan ...   # each rank generates its share
     python -m distgan.evaluate --samples samples.npz --metrics parzen,nn
     python -m distgan.evaluate --real train --num 10000 --metrics all   # real vs real: what "perfect" scores
+    python -m distgan.evaluate --checkpoint runs/wds32 --metrics fid,kid --num 50000   # Inception FID-50k
+    python -m distgan.evaluate --samples DIR|x.npz|SHARDS --reference DIR|SHARDS|stats.safetensors --metrics fid,kid
+    python -m distgan.evaluate --make-reference SHARDS|DIR|mnist:test --out stats.safetensors
 
 Metrics (``distgan.metrics.suite``): ``fd`` Frechet distance in the MNIST classifier's features (not
 Inception FID), ``cs`` classifier score, ``modes`` class coverage and KL to uniform, ``pr`` precision,
 recall, density and coverage (k=3), ``nn`` memorisation check against the training set, ``parzen``
-the paper's Parzen log-likelihood. Reference set: the 10,000 MNIST test images.
+the paper's Parzen log-likelihood. Reference set: the 10,000 MNIST test images. ``fid``, ``kid``, ``is``
+and ``ipr`` are the Inception metrics of any images (``distgan.metrics.fidelity``, docs/evaluation.md).
 
 Under ``accelerate launch`` the samples are cut into fixed blocks of ``--block`` noise vectors; rank r
 generates blocks r, r+W, ... and their classifier features; rank 0 gathers them in block order. Since
@@ -25,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from distgan.atomic import atomic_write_text
@@ -33,43 +36,60 @@ from distgan.checkpoint import CheckpointError
 from distgan.config import ConfigError
 from distgan.data import data_root
 from distgan.data.mnist import DataError, load_split
+from distgan.data.source import validation_source
 from distgan.generate import fixed_noise, generate
-from distgan.metrics import suite
-from distgan.metrics.classifier import features_and_probs, load_classifier
+from distgan.metrics import fidelity, inception, suite
+from distgan.metrics.classifier import classifier_info, features_and_probs, load_classifier
 from distgan.metrics.suite import FIGURES, parse_metrics
 from distgan.runtime import gather_objects, leave_process_group
 from distgan.sample import load_generator
 
 
 def generate_blocks(
-    G, cfg, num: int, seed: int, rank: int = 0, world: int = 1, block: int = 500, device="cpu", features: bool = True
-) -> dict[int, tuple]:
-    """{block index: (uint8 images, features, probs)} for this rank's blocks of the ``num`` samples.
+    G,
+    cfg,
+    num: int,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    block: int = 500,
+    device="cpu",
+    features: bool = True,
+    extractor=None,
+    classifier: str | None = None,
+) -> dict[int, dict]:
+    """{block index: {"images", "features", "probs"[, "inception"]}} for this rank's blocks of the ``num``
+    samples: uint8 images, the MNIST classifier's features and class probabilities (``features``), and the
+    Inception features (given torch-fidelity's ``extractor``). ``classifier``: a classifier file of
+    ``train_classifier --shards`` in place of the shipped MNIST one.
 
     The noise for all ``num`` samples comes from one CPU generator seeded with ``seed``, so sample i is
     the same whichever rank makes it (and equals ``distgan.sample`` with the same seed).
     """
 
     z = fixed_noise(num, cfg.model.z_dim, cfg.model.noise, seed)
-    clf = load_classifier(device=str(device)) if features else None
+    clf = load_classifier(classifier, device=str(device)) if features else None
     out = {}
     for b in range(rank, (num + block - 1) // block, world):
         imgs = generate(G, z[b * block : (b + 1) * block], device, block)
         f, p = features_and_probs(imgs, clf, batch_size=block, device=str(device)) if features else (None, None)
-        out[b] = (imgs, f, p)
+        out[b] = {"images": imgs, "features": f, "probs": p}
+        if extractor is not None:
+            out[b]["inception"] = inception.features(imgs, extractor, device=device)
     return out
 
 
-def assemble(blocks: dict[int, tuple]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Concatenate blocks in index order -> (images, features, probs)."""
+def assemble(blocks: dict[int, dict]) -> dict:
+    """Concatenate blocks in index order: {"images", "features", "probs"[, "inception"]} (None where absent)."""
     parts = [blocks[b] for b in sorted(blocks)]
-    imgs = torch.cat([p[0] for p in parts])
-    if parts[0][1] is None:
-        return imgs, None, None
-    return imgs, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
+    keys = ("images", "features", "probs")
+    out = {k: torch.cat([p[k] for p in parts]) if parts[0][k] is not None else None for k in keys}
+    if "inception" in parts[0]:
+        out["inception"] = fidelity.assemble({i: p["inception"] for i, p in enumerate(parts)})
+    return out
 
 
-def gather_blocks(blocks: dict[int, tuple], world: int) -> dict[int, tuple]:
+def gather_blocks(blocks: dict[int, dict], world: int) -> dict[int, dict]:
     """Every rank's blocks on every rank (a collective; a no-op for one process)."""
 
     merged: dict = {}
@@ -79,17 +99,37 @@ def gather_blocks(blocks: dict[int, tuple], world: int) -> dict[int, tuple]:
 
 
 class InTrainingEval:
-    """``eval.every``: the generator scored on ``eval.num`` fixed-noise samples against MNIST's validation
-    split (train[50000:60000]), so model selection never sees the test set (kept for this module's CLI).
+    """``eval.every``: the generator scored on ``eval.num`` fixed-noise samples against held-out images, so
+    model selection never sees the test set: MNIST's validation split (train[50000:60000]) for the
+    classifier metrics, and for the Inception metrics (any dataset) the reference statistics of that split
+    or of the run's held-out shards (``data.val_urls``, ``data.holdout_shards``), made once (cached).
 
-    Every rank generates its blocks and their classifier features; rank 0 computes the figures from the
-    gathered blocks and every rank receives them, so ``best`` is decided alike everywhere."""
+    Every rank generates its blocks and their features; rank 0 computes the figures from the gathered
+    blocks and every rank receives them, so ``best`` is decided alike everywhere."""
 
     def __init__(self, cfg, rank0, rank: int, world: int, device):
 
         self.cfg, self.rank0, self.rank, self.world, self.device = cfg, rank0, rank, world, device
         self.metrics = suite.parse_metrics(cfg.eval.metrics)
         self.best = BestRule(cfg.eval.best_metric)
+        self.extractor = self.reference = None
+        self.classifier = cfg.eval.classifier or None
+        self.classifier_reference = "valid"
+        if cfg.eval.every and self.classifier:  # fails before anything is written when it does not fit the data
+            check_classifier(self.classifier, cfg.data.image_shape)
+            self.classifier_reference = validation_source(cfg)
+        if cfg.eval.every and suite.needs_inception(self.metrics):
+            # before anything is written: missing or wrong weights end the start with exit 2
+            weights = inception.find_weights(cfg.eval.inception_weights)
+            self.extractor = inception.load_extractor(weights, device)
+            source = fidelity.Source(validation_source(cfg), cfg.data.root)
+            self.reference, hit = fidelity.cached_reference(
+                source, weights, cfg.eval.reference_num or None, rank, world, cfg.eval.block, device
+            )
+            rank0.print(
+                f"[distgan] Inception reference: {self.reference.meta['num']} held-out images of {source.spec} "
+                f"({'cached' if hit else 'computed'}; weights {weights})"
+            )
 
     def score(self, G) -> dict:
 
@@ -104,12 +144,24 @@ class InTrainingEval:
             e.block,
             self.device,
             features=bool(suite.FEATURE_METRICS & set(self.metrics)),
+            extractor=self.extractor,
+            classifier=self.classifier,
         )
         blocks = gather_blocks(blocks, self.world)
 
         def compute():
-            images, feats, probs = assemble(blocks)
-            res = suite.compute(images, self.metrics, self.cfg.data.root, feats, probs, reference="valid")
+            a = assemble(blocks)
+            res = suite.compute(
+                a["images"],
+                self.metrics,
+                self.cfg.data.root,
+                a["features"],
+                a["probs"],
+                reference=self.classifier_reference,
+                classifier=self.classifier,
+            )
+            if self.extractor is not None:
+                res.update(fidelity.figures(a["inception"], self.reference, self.metrics))
             return {k: v for k, v in res.items() if isinstance(v, (int, float))}
 
         return self.rank0.collective(compute)
@@ -123,6 +175,23 @@ class InTrainingEval:
         b = self.best.best
         best = f" | best {b['metric']} {b['value']:.4g} at step {b['step']}" if b else ""
         return f"[distgan] eval step {step}: {shown}{best} ({seconds:.1f} s)"
+
+
+def check_classifier(path: str, image_shape) -> None:
+    """DataError unless the classifier file loads and was trained on images of ``image_shape`` (C, H, W)."""
+    info = classifier_info_of(path)
+    c, h, _ = image_shape
+    if (int(info.get("channels", 1)), int(info.get("image_size", 28))) != (c, h):
+        raise DataError(
+            f"classifier {path} was trained on {info.get('channels', 1)}-channel {info.get('image_size', 28)} px "
+            f"images, the data are {c}x{h}x{h}; train one on these shards with python -m "
+            f"distgan.metrics.train_classifier --shards PATTERN --out FILE"
+        )
+
+
+def classifier_info_of(path: str) -> dict:
+    load_classifier(path)  # a missing or unreadable file: DataError naming it
+    return classifier_info(path)
 
 
 class BestRule:
@@ -168,10 +237,18 @@ def main(argv=None) -> int:
     src.add_argument(
         "--checkpoint", help="run dir (its latest good checkpoint) or a checkpoint dir such as RUN/checkpoints/best"
     )
-    src.add_argument("--samples", help="an .npz written by distgan.sample (key 'images')")
+    src.add_argument(
+        "--samples",
+        help="images to score: an .npz written by distgan.sample (key 'images'), a folder of images or a shard pattern",
+    )
     src.add_argument("--real", choices=["train", "valid", "test"], help="score the first --num real images of a split")
+    src.add_argument(
+        "--make-reference",
+        metavar="SOURCE",
+        help="write Inception reference statistics (--out) of a folder, shard pattern, .npz or mnist[:split]",
+    )
     p.add_argument("--metrics", default="fd,cs,modes,pr", help="comma list of metrics or 'all' (default %(default)s)")
-    p.add_argument("--num", type=int, default=10_000, help="samples to generate (default %(default)s)")
+    p.add_argument("--num", type=int, default=None, help="samples to generate or read (default 10000; all of a source)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=["ema", "raw"], default="ema")
     p.add_argument("--block", type=int, default=500, help="samples per generation block (default %(default)s)")
@@ -179,6 +256,19 @@ def main(argv=None) -> int:
     p.add_argument(
         "--data-root", default=None, help="MNIST root (default: $DISTGAN_DATA_DIR, else the run's data.root)"
     )
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="what the Inception metrics compare against: a reference statistics file, a folder, shard pattern, "
+        ".npz or mnist[:split] (default: MNIST's test set for 28x28 runs, the run's data.val_urls for shard runs)",
+    )
+    p.add_argument("--inception-weights", default="", help="torch-fidelity's Inception weights file (see docs)")
+    p.add_argument(
+        "--classifier",
+        default=None,
+        help="a classifier of train_classifier --shards for fd,cs,modes,pr on your data (needs --reference)",
+    )
+    p.add_argument("--out", default=None, help="with --make-reference: the statistics file to write")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     try:
@@ -186,8 +276,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"distgan: {e}", file=sys.stderr)
         return 2
-    if args.num <= 0 or args.block <= 0:
+    if (args.num is not None and args.num <= 0) or args.block <= 0:
         print(f"distgan: --num and --block must be positive (got {args.num}, {args.block})", file=sys.stderr)
+        return 2
+    if bool(args.make_reference) != bool(args.out):
+        print("distgan: --make-reference SOURCE and --out FILE go together", file=sys.stderr)
         return 2
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -205,27 +298,70 @@ def main(argv=None) -> int:
     return code
 
 
+def _reference(args, cfg_data: dict | None, root: str, weights, rank: int, world: int, device) -> fidelity.Reference:
+    """The Inception reference of --reference, else the default of the run (see --reference's help)."""
+    spec = args.reference
+    if spec is None:
+        data = cfg_data or {}
+        if data.get("dataset", "mnist") == "mnist":
+            spec = "mnist:test"
+        else:
+            from distgan.config import build
+            from distgan.data.source import split_urls
+
+            known = ("dataset", "urls", "image_size", "channels", "val_urls", "holdout_shards")
+            spec = split_urls(build({"data": {k: data[k] for k in known if k in data}}).data)[1]
+        if not spec:
+            raise DataError("the Inception metrics need --reference (a statistics file, folder, shards or .npz)")
+    if spec.endswith(".safetensors"):
+        return fidelity.Reference.load(spec, inception.weights_hash(weights))
+    ref, _ = fidelity.cached_reference(fidelity.Source(spec, root), weights, None, rank, world, args.block, device)
+    return ref
+
+
 def _evaluate(args, metrics, rank: int, world: int, device: str) -> int:
-    feats = probs = None
     t0 = time.time()
+    num = args.num
     try:
+        weights = extractor = None
+        if args.make_reference or suite.needs_inception(metrics):
+            weights = inception.find_weights(args.inception_weights)
+            extractor = inception.load_extractor(weights, device)
+        if args.make_reference:
+            root = data_root(args.data_root)
+            ref = fidelity.make_reference(
+                fidelity.Source(args.make_reference, root), weights, num, rank, world, args.block, device
+            )
+            if rank == 0:
+                ref.save(args.out)
+                print(
+                    f"[distgan] wrote {args.out}: {ref.meta['num']} images of {args.make_reference}, content "
+                    f"{ref.meta['content']}, weights {ref.meta['feature_net']} ({time.time() - t0:.0f} s)"
+                )
+            return 0
+        cfg_data = None
+        incep = None
+        feats = probs = None
         if args.checkpoint:
             G, cfg, path = load_generator(args.checkpoint, args.weights, device)
             blocks = gather_blocks(
                 generate_blocks(
                     G,
                     cfg,
-                    args.num,
+                    num or 10_000,
                     args.seed,
                     rank,
                     world,
                     args.block,
                     device,
                     features=bool(suite.FEATURE_METRICS & set(metrics)),
+                    extractor=extractor,
+                    classifier=args.classifier,
                 ),
                 world,
             )
-            images, feats, probs = assemble(blocks)
+            a = assemble(blocks)
+            images, feats, probs, incep = a["images"], a["features"], a["probs"], a.get("inception")
             manifest = json.loads((path / "manifest.json").read_text())  # verified by load_generator
             source = {
                 "checkpoint": str(path),
@@ -234,22 +370,32 @@ def _evaluate(args, metrics, rank: int, world: int, device: str) -> int:
                 "seed": args.seed,
                 "world_size": world,
             }
-            root = data_root(args.data_root, manifest["config"].get("data", {}).get("root"))
+            cfg_data = manifest["config"].get("data", {})
+            root = data_root(args.data_root, cfg_data.get("root"))
         elif args.samples:
-            try:
-                images = torch.from_numpy(np.load(args.samples)["images"])
-            except (OSError, KeyError, ValueError) as e:
-                raise DataError(
-                    f"cannot read samples {args.samples}: {e}; pass an .npz written by distgan.sample"
-                ) from None
-            images = images[: args.num]
-            source = {"samples": args.samples}
             root = data_root(args.data_root)
+            images = fidelity.Source(args.samples, root).load(num)
+            source = {"samples": args.samples}
         else:
             root = data_root(args.data_root)
-            images = load_split(root, args.real, download=False)[0][: args.num]
+            images = load_split(root, args.real, download=False)[0][: num or 10_000]
             source = {"real": args.real}
-        res = suite.compute(images, metrics, root, feats, probs) if rank == 0 else {}
+        if extractor is not None:
+            ref = _reference(args, cfg_data, root, weights, rank, world, device)
+            if incep is None:
+                incep = fidelity.extract(images, extractor, rank, world, args.block, device)
+            source["reference"] = args.reference or ref.meta.get("source")
+        if args.classifier and not args.reference:
+            raise DataError("--classifier compares against held-out images of your data: pass --reference SOURCE")
+        res = (
+            suite.compute(
+                images, metrics, root, feats, probs, args.reference if args.classifier else "test", args.classifier
+            )
+            if rank == 0
+            else {}
+        )
+        if extractor is not None and rank == 0:
+            res.update(fidelity.figures(incep, ref, metrics))
     except (CheckpointError, ConfigError, DataError, FileNotFoundError, ValueError) as e:
         print(f"distgan: {e}", file=sys.stderr)
         return 2

@@ -380,6 +380,22 @@ def two_processes(report: Report, gpu: bool, work: Path) -> None:
         )
 
 
+def inception_rows(report: Report, gpu: bool) -> None:
+    """img/s of Inception features, distgan against torch-fidelity's loop (random weights: same speed)."""
+    try:
+        import torch_fidelity  # noqa: F401 - it imports torchvision too
+    except ImportError as e:
+        report.add(
+            f"skipped: torch-fidelity cannot be imported ({e}); it needs torchvision. Carry both "
+            f"(pip download torch-fidelity==0.4.0 --no-deps) or run python -m distgan.bench --inception"
+        )
+        return
+    from distgan import bench
+
+    for line in bench.inception_throughput(512 if gpu else 8, 3 if gpu else 1):
+        report.add(line)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m distgan.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/gpu_check.txt", help="also write the report here (default %(default)s)")
@@ -429,6 +445,7 @@ def main(argv=None) -> int:
             lambda r: resume_check(r, gpu, work),
         )
         _timed(report, "5. two processes on one device", lambda r: two_processes(r, gpu, work))
+        _timed(report, "6. Inception feature extraction (FID's cost)", lambda r: inception_rows(r, gpu))
     report.add("")
     report.add(f"total {time.time() - t0:.0f} s")
     out = Path(args.out)

@@ -43,6 +43,7 @@ from torch import nn
 
 from distgan.losses import GANLoss, gradient_penalties
 from distgan.runtime import all_reduce_mean_, autocast, found_non_finite
+from distgan.torch_private import fused_step_unless
 
 MAX_OVERFLOW_STREAK = 64
 """Consecutive fp16 overflow skips after which the guard calls it divergence: the scale has then halved 64
@@ -160,11 +161,7 @@ class GANStep:
             self.guard.record(index, diverged, found - diverged)
         else:
             if n.opt.defaults.get("fused"):
-                n.opt.found_inf = found  # the fused kernel skips the update when found_inf == 1
-                try:
-                    n.opt.step()
-                finally:
-                    del n.opt.found_inf  # never left behind for a GradScaler to multiply (scale * None)
+                fused_step_unless(n.opt, found)  # the fused kernel skips the update when found == 1
             elif not found.item():  # non-fused optimizers cannot skip on device: one host sync per update
                 n.opt.step()
             self.guard.record(index, found)

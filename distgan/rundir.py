@@ -60,7 +60,10 @@ def identity_changes(saved: dict, current: dict) -> dict[str, tuple]:
         else:
             keys.add(pat)
     out = {}
+    defaults = _flat(Config().to_dict())
     for k in sorted(keys):
+        if k not in a and b.get(k) == defaults.get(k):
+            continue  # a key newer than the checkpoint, at its default: the checkpoint's run had that behaviour
         va, vb = a.get(k), b.get(k)
         if isinstance(va, list):
             va = tuple(va)

@@ -52,11 +52,32 @@ def build_accelerator(cfg: Config):
     )
     check_world_size(acc.num_processes, cfg.runtime.expected_world_size)
     if acc.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.runtime.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.runtime.tf32
-        # the conv nets run fixed shapes: let cuDNN time its algorithms once and keep the fastest
-        torch.backends.cudnn.benchmark = True
+        apply_backend_settings(cuda_backend_settings(cfg))
     return acc
+
+
+def cuda_backend_settings(cfg: Config) -> dict[str, bool]:
+    """The cuBLAS/cuDNN switches a CUDA run sets, as ``{path under torch.backends: value}`` (a pure function
+    of the config, so what a GPU run gets is checked without one)."""
+    return {
+        "cuda.matmul.allow_tf32": cfg.runtime.tf32,
+        "cudnn.allow_tf32": cfg.runtime.tf32,
+        # the conv nets run fixed shapes: let cuDNN time its algorithms once and keep the fastest
+        "cudnn.benchmark": True,
+    }
+
+
+def apply_backend_settings(settings: dict[str, bool]) -> None:
+    """Set each ``torch.backends`` switch of ``settings``; a name torch no longer has is an error, not a
+    silently created attribute."""
+    for key, value in settings.items():
+        *path, name = key.split(".")
+        obj = torch.backends
+        for part in path:
+            obj = getattr(obj, part)
+        if not hasattr(obj, name):
+            raise AttributeError(f"torch.backends.{key} does not exist in torch {torch.__version__}")
+        setattr(obj, name, value)
 
 
 def check_world_size(actual: int, expected_cfg: int = 0, env=None) -> None:
@@ -110,15 +131,24 @@ def make_scaler(precision: str, device: torch.device, init_scale: float = 2.0**1
     return torch.amp.GradScaler(device.type, init_scale=init_scale)
 
 
+def step_generator_index(device: torch.device, current_device=None) -> int | None:
+    """Which generator :func:`seed_step` seeds: None for the CPU's default generator, else the index into
+    ``torch.cuda.default_generators`` of ``device`` (the current CUDA device when it has no index)."""
+    if device.type != "cuda":
+        return None
+    if device.index is not None:
+        return device.index
+    return (current_device or torch.cuda.current_device)()
+
+
 def seed_step(device: torch.device, seed: int) -> None:
     """Seed the generator that noise and dropout of a step draw from: this device's only. (torch.manual_seed
     would also seed every other visible GPU, and initialise their generators, at every step.)"""
-    if device.type == "cuda":
-        torch.cuda.default_generators[
-            device.index if device.index is not None else torch.cuda.current_device()
-        ].manual_seed(seed)
-    else:
+    index = step_generator_index(device)
+    if index is None:
         torch.default_generator.manual_seed(seed)
+    else:
+        torch.cuda.default_generators[index].manual_seed(seed)
 
 
 def found_non_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -160,17 +190,53 @@ def step_seed(seed: int, rank: int, step: int, salt: int = 0) -> int:
     return x & (2**63 - 1)
 
 
+def compile_options(cfg: Config, device: torch.device | None = None) -> dict:
+    """The keyword arguments of ``torch.compile`` for ``cfg.compile`` on ``device``; reduce-overhead (CUDA
+    graphs) off CUDA is a ConfigError."""
+    if cfg.compile.mode == "reduce-overhead" and device is not None and device.type != "cuda":
+        raise ConfigError(
+            f"compile.mode=reduce-overhead is CUDA graphs: GPU only, and this run's device is {device}; on the "
+            f"CPU use compile.mode=default"
+        )
+    # dynamic=False: D sees two batch sizes (2B real+fake in its phase, B in G's); with dynamic shapes the
+    # second would trigger a recompile into a slower symbolic-shape graph. Two static graphs instead.
+    return {"mode": None if cfg.compile.mode == "default" else cfg.compile.mode, "dynamic": False}
+
+
 def maybe_compile(module: nn.Module, cfg: Config, device: torch.device | None = None) -> nn.Module:
     """torch.compile before DDP wrapping: accelerate's dynamo_backend on a DDP module compiles little."""
     if not cfg.compile.enabled:
         return module
-    if cfg.compile.mode == "reduce-overhead" and device is not None and device.type != "cuda":
-        raise ConfigError("compile.mode=reduce-overhead is CUDA graphs: GPU only; on the CPU use compile.mode=default")
+    options = compile_options(cfg, device)
     if cfg.compile.fallback_random:
         inductor_fallback_random()
-    # dynamic=False: D sees two batch sizes (2B real+fake in its phase, B in G's); with dynamic shapes the
-    # second would trigger a recompile into a slower symbolic-shape graph. Two static graphs instead.
-    return torch.compile(module, mode=None if cfg.compile.mode == "default" else cfg.compile.mode, dynamic=False)
+    return torch.compile(module, **options)
+
+
+def convert_sync_batchnorm(modules: list[nn.Module], device: torch.device, world: int, enabled: bool) -> list:
+    """``modules`` with BatchNorm layers made SyncBatchNorm when ``enabled`` (model.sync_batchnorm) and
+    there are several ranks; refused off CUDA (torch's SyncBatchNorm is GPU-only). Unchanged otherwise."""
+    if not enabled or world == 1:
+        return list(modules)
+    if device.type != "cuda":
+        raise ConfigError(
+            "model.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm is GPU-only); "
+            "on CPUs leave it false: BatchNorm statistics are then rank 0's, broadcast by DDP"
+        )
+    return [nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in modules]
+
+
+def preferred_memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last (NHWC) on CUDA, where convolutions use tensor cores without layout transposes;
+    contiguous (NCHW) elsewhere."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def to_memory_format(module: nn.Module, memory_format: torch.memory_format) -> nn.Module:
+    """``module`` with its 4-d weights in ``memory_format`` if it has convolutions (an MLP is left as it is)."""
+    if any(isinstance(x, nn.Conv2d | nn.ConvTranspose2d) for x in module.modules()):
+        return module.to(memory_format=memory_format)
+    return module
 
 
 class RankZero:

@@ -40,6 +40,23 @@ def fused_optimizer_devices() -> list[str]:
     return list(_get_fused_kernels_supported_devices())
 
 
+def fused_step_unless(opt: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+    """Step a fused Adam/SGD unless ``found_inf`` (a float32 0-d tensor on the parameters' device) is 1: the
+    kernel skips the update on the device (parameters, moments and step count untouched), no host sync.
+
+    Why private: fused optimizers read an undocumented ``found_inf`` attribute of the optimizer (set by
+    ``GradScaler.step`` together with ``grad_scale``); there is no public argument. The attribute is removed
+    afterwards, so no GradScaler later finds one it did not set (it would compute ``scale * None``).
+    """
+    if not opt.defaults.get("fused"):
+        raise ValueError(f"{type(opt).__name__} is not fused: only fused optimizers read found_inf")
+    opt.found_inf = found_inf
+    try:
+        opt.step()
+    finally:
+        del opt.found_inf
+
+
 def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
     """One contiguous 1-d tensor holding ``tensors`` (so one all-reduce moves them all).
 

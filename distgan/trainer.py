@@ -49,15 +49,18 @@ from distgan.runtime import (
     broadcast_,
     build_accelerator,
     check_replicas,
+    convert_sync_batchnorm,
     gather_objects,
     make_scaler,
     maybe_compile,
     on_every_rank,
+    preferred_memory_format,
     resolve_precision,
     rng_state,
     seed_step,
     set_rng_state,
     step_seed,
+    to_memory_format,
 )
 from distgan.torch_private import fused_optimizer_devices, is_batchnorm
 from distgan.tracking import NullTracker, Tracker
@@ -117,21 +120,10 @@ class Trainer:
         self.data = build_source(cfg, self.layout, self.device, self.rank0, start)
         if hasattr(G, "init_output_bias") and hasattr(self.data, "pixel_mean"):
             G.init_output_bias(self.data.pixel_mean())
-        if cfg.model.sync_batchnorm and self.world > 1:
-            if self.device.type != "cuda":
-                raise ConfigError(
-                    "model.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm is GPU-only); "
-                    "on CPUs leave it false: BatchNorm statistics are then rank 0's, broadcast by DDP"
-                )
-            G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
-        G, D = G.to(self.device), D.to(self.device)
-        if self.device.type == "cuda" and cfg.runtime.channels_last:  # NHWC: tensor cores without transposes
-            G, D = (
-                m.to(memory_format=torch.channels_last)
-                if any(isinstance(x, nn.Conv2d | nn.ConvTranspose2d) for x in m.modules())
-                else m
-                for m in (G, D)
-            )
+        G, D = convert_sync_batchnorm([G, D], self.device, self.world, cfg.model.sync_batchnorm)
+        # channels_last on CUDA (runtime.channels_last=false keeps NCHW, so the bench can measure both)
+        layout = preferred_memory_format(self.device) if cfg.runtime.channels_last else torch.contiguous_format
+        G, D = (to_memory_format(m.to(self.device), layout) for m in (G, D))
         self.ema = None
         if cfg.ema.enabled:
             m = cfg.model

@@ -3,12 +3,19 @@
     python -m distgan.data.make_shards --from DIR_OF_IMAGES --out shards/ --size 64 --shard-size 5000
     python -m distgan.data.make_shards --from mnist --out shards/mnist --size 32
     python -m distgan.data.make_shards --from stacked_mnist --out shards/stacked --num 128000
+    python -m distgan.data.make_shards --from colour_mnist --num 5000 --size 32 --folder rgb32/   # a folder
+
+``colour_mnist``: MNIST digits painted in a random colour on a random, darker background: an RGB dataset
+with 10 classes that this offline machine can make (the small-data and 32 px examples of the docs use it).
+``--folder DIR`` writes PNG files into one sub-folder per class instead of shards: the folder that
+``--from DIR`` (and ``distgan.evaluate --samples DIR``) read.
 
 Each sample is ``{key}.png`` (or ``.jpg`` with ``--format jpg``) resized so its short side is ``--size``
 and centre-cropped to a square, plus ``{key}.cls`` with an integer class when there is one: the index
 of the image's top-level sub-folder (sorted names) for a folder, the digit for MNIST, and
 ``100 a + 10 b + c`` for a Stacked MNIST triple (digits a, b, c in the R, G, B channels).
 
+A folder's images are written in a random order drawn from ``--seed``, so every shard holds every class.
 Shards are ``OUT/{prefix}-000000.tar ...``, each written to a temporary name and renamed when complete,
 plus ``OUT/{prefix}-meta.json`` (count, shards, image shape, classes). An output folder that already
 holds shards with this prefix is refused unless ``--overwrite``.
@@ -46,13 +53,18 @@ def resize_center_crop(img, size: int):
     return img
 
 
-def folder_samples(root: Path, channels: int, size: int):
-    """(PIL image, class or None, name) for every image under ``root``; classes from top-level folders."""
+def folder_samples(root: Path, channels: int, size: int, seed: int = 0):
+    """(PIL image, class or None, name) for every image under ``root``; classes from top-level folders.
+
+    In a seeded random order (``torch.randperm`` of the sorted paths): sorted paths would fill the first shards
+    with the first class and the last with the last, so a held-out shard (``data.holdout_shards``) or a
+    shuffle buffer would see one class."""
     from PIL import Image, UnidentifiedImageError
 
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise SystemExit(f"distgan: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    files = [files[i] for i in torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))]
     top = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     classes = {name: i for i, name in enumerate(top)}
 
@@ -107,6 +119,39 @@ def stacked_mnist_samples(root: str, split: str, num: int, seed: int, size: int)
     return num, gen(), [f"{i:03d}" for i in range(1000)]
 
 
+def colour_mnist_samples(root: str, split: str, num: int, seed: int, size: int):
+    """MNIST digit i painted in a random colour over a random background at most half as bright."""
+    from PIL import Image
+
+    images, labels = load_split(root, split)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, images.shape[0], (num,), generator=g)
+    fg = torch.rand(num, 3, generator=g) * 0.6 + 0.4  # colours of the stroke and the ground, per image
+    bg = torch.rand(num, 3, generator=g) * fg * 0.5
+
+    def gen():
+        for i, j in enumerate(idx.tolist()):
+            a = images[j, 0].float()[..., None] / 255.0  # [28, 28, 1] stroke opacity
+            rgb = ((a * fg[i] + (1 - a) * bg[i]) * 255).round().to(torch.uint8).numpy()
+            yield resize_center_crop(Image.fromarray(rgb, "RGB"), size), int(labels[j]), None
+
+    return num, gen(), [str(d) for d in range(10)]
+
+
+def write_folder(samples, total: int, out: Path, classes: list[str], progress: bool = True) -> dict:
+    """PNG files ``OUT/{class}/{index:07d}.png`` (each written atomically)."""
+    from tqdm import tqdm
+
+    count = 0
+    for img, cls, _ in tqdm(samples, total=total, unit="img", disable=not progress, desc=f"writing {out}"):
+        d = out / (classes[cls] if cls is not None else "all")
+        d.mkdir(parents=True, exist_ok=True)
+        with atomic_path(d / f"{count:07d}.png") as tmp:
+            img.save(tmp, format="PNG")
+        count += 1
+    return {"samples": count, "folder": str(out), "classes": len(classes)}
+
+
 def encode(img, fmt: str) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG" if fmt == "png" else "JPEG", **({"quality": 95} if fmt == "jpg" else {}))
@@ -154,8 +199,12 @@ def write_shards(samples, total: int, out: Path, prefix: str, shard_size: int, f
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m distgan.data.make_shards", description=__doc__.split("\n\n")[0])
-    p.add_argument("--from", dest="source", required=True, help="a folder of images, 'mnist' or 'stacked_mnist'")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--from", dest="source", required=True, help="a folder of images, 'mnist', 'stacked_mnist' or 'colour_mnist'"
+    )
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", help="output folder of shards")
+    dest.add_argument("--folder", help="write PNG files into one sub-folder per class here instead of shards")
     p.add_argument("--size", type=int, default=None, help="square image size (default 64 for folders, 28 for MNIST)")
     p.add_argument("--shard-size", type=int, default=5000, help="samples per shard (default %(default)s)")
     p.add_argument(
@@ -174,11 +223,15 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace shards with this prefix already in --out")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    out, prefix = Path(args.out), args.prefix or args.split
+    out, prefix = Path(args.out or args.folder), args.prefix or args.split
     if args.shard_size <= 0 or args.num <= 0 or (args.size is not None and args.size < 8):
         print("distgan: --shard-size and --num must be positive and --size at least 8", file=sys.stderr)
         return 2
     existing = sorted(out.glob(f"{prefix}-*.tar")) if out.is_dir() else []
+    if args.folder and out.is_dir() and any(out.iterdir()):
+        print(f"distgan: {out} is not empty; --folder writes into a new or empty folder. Nothing was written.",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if existing and not args.overwrite:
         print(
             f"distgan: {out} already holds {len(existing)} shards named {prefix}-*.tar; pass --overwrite to replace "
@@ -199,16 +252,26 @@ def main(argv=None) -> int:
                 print("distgan: stacked_mnist has 3 channels; drop --channels 1", file=sys.stderr)
                 return 2
             total, samples, classes = stacked_mnist_samples(root, args.split, args.num, args.seed, size)
+        elif args.source == "colour_mnist":
+            size = args.size or 28
+            total, samples, classes = colour_mnist_samples(root, args.split, args.num, args.seed, size)
         else:
             src = Path(args.source)
             if not src.is_dir():
-                print(f"distgan: --from {src}: not a folder, nor 'mnist' or 'stacked_mnist'", file=sys.stderr)
+                print(
+                    f"distgan: --from {src}: not a folder, nor 'mnist', 'stacked_mnist' or 'colour_mnist'",
+                    file=sys.stderr,
+                )
                 return 2
             size, ch = args.size or 64, args.channels or 3
-            total, samples, classes = folder_samples(src, ch, size)
+            total, samples, classes = folder_samples(src, ch, size, args.seed)
     except DataError as e:
         print(f"distgan: {e}", file=sys.stderr)
         return 2
+    if args.folder:
+        summary = write_folder(samples, total, out, classes, not args.no_progress)
+        print(f"[distgan] wrote {summary['samples']} images in {len(classes)} class folders under {out}")
+        return 0
     if existing:
         for f in existing:
             f.unlink()

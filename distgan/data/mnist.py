@@ -108,3 +108,9 @@ def load_split(root: str | os.PathLike, split: str, download: bool = True) -> tu
     images = torch.from_numpy(images[lo:hi].copy()).unsqueeze(1)
     labels = torch.from_numpy(labels[lo:hi].astype(np.int64))
     return images, labels
+
+
+def split_files(root: str | os.PathLike, split: str) -> list[Path]:
+    """The idx files a split is read from (its images file: what a content hash of the split covers)."""
+    raw = ensure_mnist(root, download=False)
+    return [_path(raw, FILES[SPLITS[split][0]][0])]

@@ -88,6 +88,11 @@ class ShardedBatches:
     def batch(self, global_batch_index: int, micro_index: int = 0) -> torch.Tensor:
         return self.images[self.indices(global_batch_index, micro_index)]
 
+    def for_rank(self, rank: int) -> ShardedBatches:
+        """The same global batches as rank ``rank`` cuts them (the same images, seed and layout): what another
+        rank's share holds, without a collective (tests use it for a deliberately wrong run)."""
+        return ShardedBatches(self.images, self.B, rank, self.world, self.seed, self.accum)
+
     @property
     def skipped(self) -> int:
         """Images held in memory were all readable (the BatchSource interface)."""

@@ -17,7 +17,7 @@ def build_source(cfg, layout, device, rank0, start_step: int) -> BatchSource:
 
     d, t = cfg.data, cfg.train
     if d.dataset == "webdataset":
-        urls = expand_urls(d.urls)
+        urls, _ = split_urls(d)
         check_urls(urls, d.image_shape)
         if d.in_memory:  # one reader, not one per rank
 
@@ -45,6 +45,30 @@ def build_source(cfg, layout, device, rank0, start_step: int) -> BatchSource:
     rank0.collective(ensure_mnist, d.root, d.download)  # W processes must not download into one folder at once
     images, _ = load_split(d.root, "train", download=False)
     return ShardedBatches(images.to(device), t.batch_size, layout.rank, layout.world, t.seed, t.grad_accum)
+
+
+def split_urls(d) -> tuple[list[str], str]:
+    """(the shards a webdataset run trains on, the held-out validation shards as one pattern or ''):
+    ``data.val_urls``, or the last ``data.holdout_shards`` of ``data.urls`` (then not trained on)."""
+    from distgan.errors import ConfigError
+
+    urls = expand_urls(d.urls)
+    if d.holdout_shards:
+        if d.holdout_shards >= len(urls):
+            raise ConfigError(
+                f"data.holdout_shards={d.holdout_shards} leaves no shard to train on: data.urls has {len(urls)}; "
+                f"hold out fewer or write more, smaller shards (make_shards --shard-size)"
+            )
+        return urls[: -d.holdout_shards], "::".join(urls[-d.holdout_shards :])
+    return urls, d.val_urls.strip()
+
+
+def validation_source(cfg) -> str:
+    """The image source (``distgan.metrics.fidelity.Source`` spec) in-training Inception metrics compare
+    against: MNIST's validation split, or the run's held-out shards."""
+    if cfg.data.dataset == "mnist":
+        return "mnist:valid"
+    return split_urls(cfg.data)[1]
 
 
 def _broadcast_from_rank0(read, rank0, rank: int, device) -> torch.Tensor:

@@ -1,9 +1,11 @@
-"""The MNIST feature network behind every learned metric (FD, classifier score, modes, precision/recall).
+"""The feature network behind the classifier metrics (FD, classifier score, modes, precision/recall).
 
 Inception weights cannot be downloaded on offline clusters, and Inception features say little about
-28x28 digits anyway, so distgan ships its own small classifier, trained by
+28x28 digits anyway, so distgan ships its own small MNIST classifier, trained by
 ``python -m distgan.metrics.train_classifier`` (>= 99% test accuracy; the figure is stored in the
-weights' metadata). Features are the 128-d penultimate layer (after ReLU).
+weights' metadata). Features are the 128-d penultimate layer (after ReLU). The same network trained on a
+user's labelled shards (``train_classifier --shards``: any size, 1 or 3 channels, any number of classes,
+recorded in the file's metadata) gives those metrics for that data (``eval.classifier``).
 """
 
 from __future__ import annotations
@@ -21,47 +23,67 @@ FEATURE_DIM = 128
 
 
 class MNISTClassifier(nn.Module):
-    """conv5x5(32) ReLU pool -> conv5x5(64) ReLU pool -> fc 128 ReLU (features) -> dropout -> fc 10."""
+    """conv5x5(32) ReLU pool -> conv5x5(64) ReLU pool -> [average to 7x7] -> fc 128 ReLU (features) -> dropout
+    -> fc K. At 28 px the averaging is the identity (MNIST's shipped weights); larger images are averaged
+    down to 7x7 so one fc layer fits every size."""
 
-    def __init__(self):
+    def __init__(self, channels: int = 1, num_classes: int = 10, mean: float = MEAN, std: float = STD):
         super().__init__()
+        self.channels, self.num_classes, self.mean, self.std = channels, num_classes, mean, std
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 5, padding=2),
+            nn.Conv2d(channels, 32, 5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
+        self.pool = nn.AdaptiveAvgPool2d(7)
         self.fc = nn.Linear(64 * 7 * 7, FEATURE_DIM)
         self.drop = nn.Dropout(0.5)
-        self.head = nn.Linear(FEATURE_DIM, 10)
+        self.head = nn.Linear(FEATURE_DIM, num_classes)
 
-    @staticmethod
-    def prepare(images_u8: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, 1, 28, 28]`` (or ``[B, 28, 28]``) -> normalised floats."""
-        x = images_u8.float().reshape(-1, 1, 28, 28) / 255.0
-        return (x - MEAN) / STD
+    def prepare(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, C, H, W]`` (or MNIST's ``[B, 28, 28]``) -> normalised floats."""
+        x = images_u8.float()
+        x = x.reshape(-1, 1, 28, 28) if x.dim() == 3 else x
+        if x.shape[1] != self.channels:
+            raise ValueError(f"the classifier takes {self.channels}-channel images, got {tuple(images_u8.shape)}")
+        return (x / 255.0 - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features ``[B, 128]``, logits ``[B, 10]``) from normalised images."""
-        h = self.conv(x).flatten(1)
+        """(features ``[B, 128]``, logits ``[B, K]``) from normalised images."""
+        h = self.conv(x)
+        h = (self.pool(h) if h.shape[-2:] != (7, 7) else h).flatten(1)
         feats = torch.relu(self.fc(h))
         return feats, self.head(self.drop(feats))
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)
 def load_classifier(path: str | None = None, device: str = "cpu") -> MNISTClassifier:
-    """The shipped classifier (or ``path``), in eval mode. Fails with what to run if weights are missing."""
+    """The shipped classifier (or ``path``, one ``train_classifier`` wrote), in eval mode. A missing or
+    unreadable file is a DataError (exit 2) saying what to run."""
     from safetensors.torch import load_file
+
+    from distgan.errors import DataError
 
     p = Path(path) if path else WEIGHTS
     if not p.exists():
-        raise FileNotFoundError(
-            f"MNIST classifier weights {p} not found; reproduce them with `python -m distgan.metrics.train_classifier`"
+        raise DataError(
+            f"classifier weights {p} not found; make them with `python -m distgan.metrics.train_classifier`"
+            + ("" if path is None else " --shards PATTERN --out FILE")
         )
-    net = MNISTClassifier()
-    net.load_state_dict(load_file(str(p)))
+    try:
+        info = classifier_info(str(p))
+        net = MNISTClassifier(
+            int(info.get("channels", 1)),
+            int(info.get("num_classes", 10)),
+            float(info.get("mean", MEAN)),
+            float(info.get("std", STD)),
+        )
+        net.load_state_dict(load_file(str(p)))
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: one message
+        raise DataError(f"classifier weights {p} cannot be loaded ({type(e).__name__}: {str(e)[:200]})") from None
     return net.to(device).eval()
 
 

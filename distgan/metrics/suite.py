@@ -26,8 +26,12 @@ METRICS = ("fd", "cs", "modes", "pr", "nn", "parzen", "stacked")
 uniform; pr: precision, recall, density, coverage (k=3); nn: nearest-neighbour memorisation check
 against the training set; parzen: the paper's Parzen-window log-likelihood; stacked: Stacked MNIST
 modes (the classifier on each of the 3 channels; 1000 modes) and KL to uniform."""
+INCEPTION_METRICS = ("fid", "kid", "is", "ipr")
+"""Metrics in Inception-v3 features (``fidelity.py``), of any images against reference statistics: fid,
+kid (unbiased), is (Inception Score), ipr (precision/recall, k=3). They need the Inception weights file
+(``inception.py``), so 'all' leaves them out."""
 RGB_METRICS = {"stacked"}
-"""Metrics of 3-channel 28x28 samples (Stacked MNIST); the others need 1-channel MNIST samples."""
+"""Metrics of 3-channel 28x28 samples (Stacked MNIST); the others in METRICS need 1-channel MNIST samples."""
 FAST = ("fd", "cs", "modes")
 FEATURE_METRICS = {"fd", "cs", "modes", "pr"}
 
@@ -55,6 +59,11 @@ FIGURES = {
     "parzen_ll": Figure("parzen", False, "Parzen log-likelihood (nats)"),
     "stacked_modes": Figure("stacked", False, "Stacked MNIST modes (of 1000)"),
     "stacked_kl": Figure("stacked", True, "Stacked MNIST KL to uniform"),
+    "fid": Figure("fid", True, "FID (Inception)"),
+    "kid": Figure("kid", True, "KID (Inception)"),
+    "is": Figure("is", False, "Inception Score"),
+    "inception_precision": Figure("ipr", False, "precision (Inception)"),
+    "inception_recall": Figure("ipr", False, "recall (Inception)"),
 }
 """Every figure that can select ``checkpoints/best``, be shown on the console and be plotted by the report."""
 LOWER_IS_BETTER = {k for k, f in FIGURES.items() if f.lower_is_better}
@@ -66,12 +75,24 @@ def figures_of(metrics) -> list[str]:
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
-    """'all' or a comma list -> a tuple of metric names; ValueError naming the unknown ones."""
+    """'all' (every metric of METRICS) or a comma list -> a tuple of metric names; ValueError naming the
+    unknown ones."""
     names = METRICS if text.strip() == "all" else tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in names if m not in METRICS]
+    unknown = [m for m in names if m not in METRICS + INCEPTION_METRICS]
     if unknown or not names:
-        raise ValueError(f"unknown metric(s) {unknown or [text]}; choose from {list(METRICS)} or 'all'")
+        raise ValueError(
+            f"unknown metric(s) {unknown or [text]}; choose from {list(METRICS + INCEPTION_METRICS)} or 'all'"
+        )
     return names
+
+
+def needs_inception(metrics) -> bool:
+    return bool(set(metrics) & set(INCEPTION_METRICS))
+
+
+def classifier_metrics(metrics) -> tuple[str, ...]:
+    """The metrics of ``metrics`` that the MNIST classifier and pixels compute (:func:`compute`)."""
+    return tuple(m for m in metrics if m not in INCEPTION_METRICS)
 
 
 def _cache_dir() -> Path:
@@ -119,6 +140,7 @@ def compute(
     feats: torch.Tensor | None = None,
     probs: torch.Tensor | None = None,
     reference: str = "test",
+    classifier: str | None = None,
 ) -> dict:
     """Every requested metric of uint8 samples ``[N, 1, 28, 28]`` against the MNIST ``reference`` split.
 
@@ -127,10 +149,19 @@ def compute(
     ``reference="valid"``: the same with the validation split in the test set's place (Parzen: sigma on
     valid[:1000], log-likelihood of valid[1000:]). ``feats``/``probs`` may be passed when already computed
     (gathered across ranks, for instance).
+
+    ``classifier``: a file of ``train_classifier --shards`` in place of the shipped MNIST classifier; then
+    ``reference`` is an image source (``fidelity.Source``: held-out shards, a folder) and fd, cs, modes and
+    pr apply, to images of any size.
     """
+    if classifier:
+        return _compute_custom(images_u8, classifier_metrics(metrics), data_root, feats, probs, reference, classifier)
     if reference not in REFERENCES:
         raise ValueError(f"reference={reference!r}; choose one of {REFERENCES}")
     out: dict = {}
+    metrics = classifier_metrics(metrics)  # the Inception ones need reference statistics: fidelity.figures
+    if not metrics:
+        return out
     channels = images_u8.shape[1]
     if tuple(metrics) == METRICS:  # 'all': every metric that applies to these samples
         metrics = tuple(m for m in METRICS if (m in RGB_METRICS) == (channels == 3))
@@ -169,6 +200,43 @@ def compute(
             train = pixels("train")
             out.update(nearest_neighbour_check(x, train, held_out, held_out_to_train=_cached_nearest(train, held_out)))
     return out
+
+
+CUSTOM_METRICS = ("fd", "cs", "modes", "pr")
+"""What a classifier trained on the user's shards computes (``eval.classifier``)."""
+
+
+def _compute_custom(images_u8, metrics, data_root, feats, probs, reference: str, classifier: str) -> dict:
+    from distgan.metrics.classifier import load_classifier
+    from distgan.metrics.fidelity import Source
+
+    wrong = [m for m in metrics if m not in CUSTOM_METRICS]
+    if wrong:
+        raise ValueError(f"metrics {wrong} need MNIST; with a classifier of your own use {list(CUSTOM_METRICS)}")
+    out: dict = {}
+    if not metrics:
+        return out
+    net = load_classifier(classifier)
+    if feats is None or probs is None:
+        feats, probs = features_and_probs(images_u8, net)
+    if "fd" in metrics or "pr" in metrics:
+        src = Source(reference, data_root)
+        tag = f"{src.content_hash()}-{_file_tag(classifier)}"
+        ref_feats = _cached(f"clfref-{tag}", lambda: features_and_probs(src.load(), net)[0])
+    if "fd" in metrics:
+        out["fd"] = scores.fd_from_features(feats, ref_feats)
+    if "cs" in metrics:
+        out["cs"] = scores.classifier_score(probs)
+    if "modes" in metrics:
+        out.update(scores.mode_coverage(probs))
+    if "pr" in metrics:
+        radii = _cached(f"clfradii3-{tag}", lambda: scores.kth_radii(ref_feats, 3))
+        out.update(scores.precision_recall(ref_feats, feats, k=3, real_radii=radii))
+    return out
+
+
+def _file_tag(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _cached_nearest(train: torch.Tensor, held_out: torch.Tensor) -> torch.Tensor:

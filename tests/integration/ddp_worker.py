@@ -1,8 +1,9 @@
 """``distgan.train.main`` with probes, for the tests that need what only a real run shows.
 
 Launched like the entry point (``python ddp_worker.py`` or ``accelerate launch ddp_worker.py``) and exits
-with ``distgan.train.main``'s own code. It plugs in through the documented hooks (all but --equal-weights): a
-Trainer subclass overriding ``real_batch`` and ``noise``, and a ``Callback``. Each rank saves
+with ``distgan.train.main``'s own code. It plugs in through the hooks docs/testing.md lists: a Trainer subclass
+overriding ``real_batch`` and ``noise``, a ``Callback``, the data source's BatchSource interface, DDP's
+``register_comm_hook``, and (--equal-weights only) ``GANStep.weights``. Each rank saves
 RUN/../out/rankR.pt.
 
     python ddp_worker.py --out O [probe options] -- --config configs/debug.yaml --run-dir R [key=value ...]
@@ -18,6 +19,8 @@ Probe options:
                         sum (wrong: all-reduce without averaging), local (wrong: no all-reduce)
   --perturb RANK:STEP   wrong on purpose: add 1e-3 to one D weight on RANK after STEP
   --raise-at STEP       raise RuntimeError after STEP (an unexpected failure)
+  --hold-at STEP        after STEP, write OUT/held-rankR and sleep until killed (a SIGKILL at a known point,
+                        however fast the machine)
 """
 
 import argparse
@@ -29,7 +32,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from distgan.callbacks import Callback  # noqa: E402
-from distgan.data.sampler import ShardedBatches  # noqa: E402
 from distgan.generate import sample_noise, to_float  # noqa: E402
 from distgan.train import main  # noqa: E402
 from distgan.trainer import Trainer  # noqa: E402
@@ -41,10 +43,10 @@ def make_trainer_cls(opts):
 
         def real_batch(self, j, micro):
             if opts.same_slice:
-                d = self.data
-                rank0 = ShardedBatches(d.images, d.B, 0, d.world, d.seed, d.accum)
-                idx = rank0.indices(j, micro)
-                x = to_float(d.images[idx], self.data_range)
+                if not hasattr(self, "rank0_batches"):
+                    self.rank0_batches = self.data.for_rank(0)
+                idx = self.rank0_batches.indices(j, micro)
+                x = to_float(self.rank0_batches.batch(j, micro), self.data_range)
             else:
                 idx = self.data.indices(j, micro) if hasattr(self.data, "indices") else None
                 x = super().real_batch(j, micro)
@@ -135,6 +137,14 @@ class Probe(Callback):
                 next(trainer.D.module.parameters()).view(-1)[0] += 1e-3
         if self.opts.raise_at is not None and s == self.opts.raise_at:
             raise RuntimeError(f"injected failure after step {s}")
+        if self.opts.hold_at is not None and s == self.opts.hold_at:
+            import time
+
+            out = Path(self.opts.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"held-rank{trainer.rank}").write_text(str(s))
+            while True:  # until the test's SIGKILL
+                time.sleep(1)
         if s == trainer.cfg.train.max_steps:  # saved before the last checkpoint's replica check can stop the run
             self.save(trainer)
 
@@ -199,6 +209,7 @@ def parse(argv):
     p.add_argument("--comm-hook", choices=["mean", "count", "sum", "local"])
     p.add_argument("--perturb", default="")
     p.add_argument("--raise-at", type=int, default=None)
+    p.add_argument("--hold-at", type=int, default=None)
     opts, rest = p.parse_known_args(argv)
     opts.nan_steps = {int(x) for x in opts.nan_steps.split(",") if x}
     opts.perturb = tuple(int(x) for x in opts.perturb.split(":")) if opts.perturb else None

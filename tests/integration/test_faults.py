@@ -68,22 +68,26 @@ def assert_checkpoints_identical(a: Path, b: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_exact_resume_after_sigkill(tmp_path, nproc):
+    """SIGKILL between two checkpoints, then train.resume=auto: the final checkpoint equals an uninterrupted
+    run's bit for bit. The killed run holds after step n + 1 (ddp_worker --hold-at, a Callback), so the kill
+    lands after checkpoint n and before checkpoint 2n on any machine, however fast: no polling race."""
     n = 8
     common = [*SMALL, f"train.max_steps={2 * n}", f"train.ckpt_every={n}", "train.keep_last=5"]
     train(tmp_path / "straight", *common, nproc=nproc)
 
-    killed = tmp_path / "killed"
-    cmd = train_cmd(killed, *common, "train.log_every=1", nproc=nproc)
+    killed, probe = tmp_path / "killed", tmp_path / "probe"
+    cmd = worker_cmd(nproc, probe, killed, [*QUIET, *common, "train.log_every=1"], ["--hold-at", str(n + 1)])
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    latest = killed / "checkpoints" / "latest"
+    held = [probe / f"held-rank{r}" for r in range(nproc)]
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and latest.read_text().strip() == f"step-{n:09d}":
-            break
-        time.sleep(0.01)
+    while time.time() < deadline and proc.poll() is None and not all(h.exists() for h in held):
+        time.sleep(0.05)
+    exited = proc.poll()
     kill_tree(proc)
+    assert exited is None and all(h.exists() for h in held), f"the run did not hold at step {n + 1} (exit {exited})"
+    latest = killed / "checkpoints" / "latest"
     assert latest.read_text().strip() == f"step-{n:09d}", "the run was not killed between its two checkpoints"
     assert status(killed)["state"] == "running"  # what a SIGKILL leaves: no process lived to say otherwise
 
@@ -175,6 +179,9 @@ def test_codes_under_accelerate_launch_collapse_to_1_status_json_keeps_them(tmp_
     bad = train(tmp_path / "b", "train.max_steps=many", nproc=2, check=False)
     assert bad.returncode == 1 and bad.stderr.count("train.max_steps='many' must be an integer") == 1
     assert not (tmp_path / "b").exists()
+    # a GPU-only option on CPU ranks: refused on every rank once the process group exists, said once
+    sbn = train(tmp_path / "s", "model.sync_batchnorm=true", nproc=2, check=False)
+    assert sbn.returncode == 1 and sbn.stderr.count("model.sync_batchnorm=true needs CUDA devices") == 1, sbn.stderr
     # accelerate's one-process launcher (launch/single_gpu.yaml, which runs on the CPU where there is no GPU)
     # turns 2 into 1 as well: why ./launch/train.sh runs one GPU as a plain process
     one = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/single_gpu.yaml"]

@@ -32,6 +32,7 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
     assert "einops no" in text and "wandb no" in text and "torchvision no" in text, text[:2000]
     assert all(line in p.stdout for line in text.splitlines()), "the file is what was printed"
     assert "CPU, tiny sizes, fp32" in text and "FAILED" not in text, text[-3000:]
+    assert "== 6. Inception" in text and "skipped: torch-fidelity cannot be imported" in text  # no torchvision
     for n in range(1, 6):
         assert f"\n== {n}. " in text
     for config in ("mnist_paper", "mnist_dcgan"):

@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import tarfile
 
 import numpy as np
@@ -34,7 +35,9 @@ def folder(tmp_path_factory):
         (root / cls).mkdir(exist_ok=True)
         arr = g.integers(0, 256, (32, 32, 3), dtype=np.uint8)
         Image.fromarray(arr).save(root / cls / f"{i:03d}.png")
-    for p in sorted(root.rglob("*.png")):  # the writer's order: sorted paths
+    paths = sorted(root.rglob("*.png"))
+    perm = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0))  # the writer's order (--seed 0)
+    for p in [paths[i] for i in perm]:
         images.append(np.asarray(Image.open(p)).transpose(2, 0, 1))
         labels.append({"cats": 0, "dogs": 1}[p.parent.name])
     return root, torch.from_numpy(np.stack(images)), torch.tensor(labels)
@@ -338,7 +341,16 @@ def test_stacked_mnist_shards_and_mode_metric(tmp_path, data_dir):
 
     pred = sum(features_and_probs(x[:, c : c + 1].contiguous())[1].argmax(1) * 10 ** (2 - c) for c in range(3))
     misread = int((pred != y).sum())
-    assert misread <= 9, misread  # 3 digits x 300 at the classifier's 99.3%: ~6 expected
+    # A property of the classifier, not of this CPU: 900 digits read at its stated test error e (0.7%) give a
+    # Binomial(900, e) count of misreads (mean 6.3); the limit is that law's upper tail at 1e-6.
+    from distgan.metrics.classifier import classifier_info
+
+    e = 1 - classifier_info()["test_accuracy"]
+    tail, limit = 1.0, 0
+    while tail >= 1e-6:  # P(X > limit)
+        tail -= math.comb(900, limit) * e**limit * (1 - e) ** (900 - limit)
+        limit += 1
+    assert misread <= limit, (misread, limit)
     assert res["stacked_num"] == 300 and abs(res["stacked_modes"] - len(set(y.tolist()))) <= misread
     one_mode = x[:1].repeat(300, 1, 1, 1)
     res1 = compute(one_mode, ("stacked",), data_dir)

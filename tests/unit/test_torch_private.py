@@ -1,6 +1,7 @@
 """Every private torch API distgan uses (all in distgan/torch_private.py), called once: a torch release that
 removes or changes one fails here, by name, not inside a training run."""
 
+import pytest
 import torch
 
 from distgan import torch_private as tp
@@ -15,6 +16,39 @@ def test_non_finite_flag():
 def test_fused_optimizer_devices_lists_the_cpu_and_cuda():
     devices = tp.fused_optimizer_devices()
     assert "cpu" in devices and "cuda" in devices
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_fused_step_unless_skips_in_the_kernel(kind):
+    """The fused kernels read ``found_inf``: with finite gradients only it can make them skip. The same call
+    with 0 must update (a kernel that ignored the attribute would skip nothing and fail the first check)."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5))
+    if kind == "adam":
+        opt = torch.optim.Adam([p], lr=0.1, fused=True)
+    else:
+        opt = torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True)
+        opt.state[p]["momentum_buffer"] = torch.zeros_like(p)  # as distgan.trainer.build_optimizer
+    p.grad = torch.ones(5)
+    before = p.detach().clone()
+    tp.fused_step_unless(opt, torch.ones(()))
+    assert torch.equal(p, before), "found_inf=1 did not skip the update"
+    assert not hasattr(opt, "found_inf"), "found_inf left behind for a GradScaler to read"
+    if kind == "adam":
+        assert opt.state[p]["step"].item() == 0 and torch.equal(opt.state[p]["exp_avg"], torch.zeros(5))
+    else:
+        assert torch.equal(opt.state[p]["momentum_buffer"], torch.zeros(5))
+    tp.fused_step_unless(opt, torch.zeros(()))
+    assert not torch.equal(p, before), "found_inf=0 skipped the update"
+    assert not hasattr(opt, "found_inf")
+    if kind == "adam":
+        assert opt.state[p]["step"].item() == 1
+
+
+def test_fused_step_unless_refuses_an_unfused_optimizer():
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="not fused"):
+        tp.fused_step_unless(torch.optim.SGD([p], lr=0.1, foreach=True), torch.zeros(()))
 
 
 def test_flatten_round_trip():
