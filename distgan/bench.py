@@ -5,6 +5,11 @@
     python -m distgan.bench --stream --config configs/webdataset_64.yaml data.urls='shards/train-{000000..000009}.tar'
     python -m distgan.bench --data-only --config configs/webdataset_64.yaml data.urls='...'
     python -m distgan.bench --inception [--images 256] [--inception-weights FILE]
+    python -m distgan.bench --convs --config configs/mnist_r3gan.yaml [--steps 10] [--repeats 5]
+
+``--convs``: the regularised D update of a residual (r3gan) config, its grouped 3x3 convolutions against
+dense ones (``model.cardinality=1``), interleaved in one process so a shared machine's load hits both alike;
+and on CUDA, channels-last against NCHW.
 
 ``--inception``: Inception feature extraction (FID's cost) through distgan against torch-fidelity's own
 loop on the same images, with the ceiling the GEMM rate allows for the network's FLOPs per image.
@@ -486,6 +491,7 @@ def main(argv=None) -> int:
     mode.add_argument("--stream", action="store_true", help="trainer from shards vs from memory (webdataset configs)")
     mode.add_argument("--data-only", action="store_true", help="the shard loader alone (webdataset configs)")
     mode.add_argument("--inception", action="store_true", help="Inception feature extraction, img/s")
+    mode.add_argument("--convs", action="store_true", help="r3gan: grouped vs dense 3x3 (and NHWC vs NCHW on CUDA)")
     p.add_argument("--images", type=int, default=256, help="--inception: images per row (default %(default)s)")
     p.add_argument("--inception-weights", default="", help="--inception: weights (default: random, same speed)")
     p.add_argument("--_row", help=argparse.SUPPRESS)
@@ -500,6 +506,8 @@ def main(argv=None) -> int:
         return _main_stream(args)
     if args.inception:
         return _main_inception(args)
+    if args.convs:
+        return _main_convs(args)
     try:
         rows = [("textbook", "eager", []), *trainer_rows(args.precision, args.compile)]
     except ValueError as e:
@@ -608,6 +616,63 @@ def inception_throughput(num: int, repeats: int, weights: str = "", device=None)
 def _main_inception(args) -> int:
     for line in inception_throughput(args.images, args.repeats, args.inception_weights):
         print(line)
+    return 0
+
+
+def _main_convs(args) -> int:
+    """Median ms of one R1 + R2 + RpGAN-sized D update (forward, backward and the penalties' double backward
+    of D on a [real, fake] batch) per variant, the variants interleaved in every round."""
+    from distgan.losses import gradient_penalties
+    from distgan.networks import RESNETS
+
+    try:
+        cfg = load(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"distgan: {e}", file=sys.stderr)
+        return 2
+    if cfg.model.discriminator not in RESNETS:
+        print(f"distgan: --convs needs a residual discriminator {sorted(RESNETS)}", file=sys.stderr)
+        return 2
+    dev = torch.device("cuda" if torch.cuda.is_available() and not cfg.runtime.cpu else "cpu")
+    card = cfg.model.cardinality or 8
+    variants = [(f"grouped (cardinality {card})", {}, torch.contiguous_format), ("dense 3x3", {"cardinality": 1}, None)]
+    if dev.type == "cuda":
+        variants = [(n + " NHWC", o, torch.channels_last) for n, o, _ in variants] + [
+            (f"grouped (cardinality {card}) NCHW", {}, torch.contiguous_format)
+        ]
+    nets, B = [], cfg.train.batch_size
+    x = torch.rand(2 * B, *cfg.data.image_shape, device=dev) * 2 - 1
+    for name, over, layout in variants:
+        c = build({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], **over}})
+        torch.manual_seed(0)
+        D = build_networks(c)[1].to(dev).to(memory_format=layout or torch.contiguous_format)
+        nets.append((name, D, sum(m.weight.numel() for m in D.modules() if isinstance(m, torch.nn.Conv2d))))
+
+    def update(D):
+        D.zero_grad(set_to_none=True)
+        D(x).sum().backward()
+        r1, r2 = gradient_penalties(D, x[:B], x[B:])
+        (r1 + r2).backward()
+
+    times = {name: [] for name, _, _ in nets}
+    for _, D, _ in nets:  # warm-up
+        update(D)
+    for _ in range(args.repeats):
+        for name, D, _ in nets:
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                update(D)
+            _sync(dev)
+            times[name].append(1e3 * (time.perf_counter() - t0) / args.steps)
+    print(
+        f"distgan.bench --convs | config {args.config} | D on {2 * B} images | device {dev} | threads "
+        f"{torch.get_num_threads()} | {args.steps} updates per round, median of {args.repeats} interleaved rounds"
+    )
+    base = statistics.median(times[nets[0][0]])
+    for name, _, conv_params in nets:
+        ms = statistics.median(times[name])
+        print(f"{name:<36}{ms:>9.1f} ms{ms / base:>7.2f}x  conv weights {conv_params}")
     return 0
 
 

@@ -74,3 +74,29 @@ def test_config_errors_name_the_key():
         )
     with pytest.raises(ConfigError, match="model.generator='r3gann' is not allowed"):
         load(None, ["model.generator=r3gann"], env={})
+
+
+@pytest.mark.slow  # importing the bench's dependencies takes seconds
+def test_bench_convs_times_grouped_against_dense():
+    """``python -m distgan.bench --convs`` (grouped against dense 3x3, measured, not assumed) runs and prints
+    both variants with their conv weights: the dense one holds more (cardinality x those layers')."""
+    from tests.helpers import call
+
+    r = call(
+        "distgan.bench",
+        "--convs",
+        "--config",
+        "configs/mnist_r3gan.yaml",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "model.width=8",
+        "train.batch_size=2",
+    )
+    lines = {ln.split("  ")[0]: ln for ln in r.stdout.splitlines() if " ms " in ln}
+    assert set(lines) == {"grouped (cardinality 4)", "dense 3x3"}, r.stdout
+    weights = {k: int(v.rsplit(" ", 1)[1]) for k, v in lines.items()}
+    assert weights["dense 3x3"] > weights["grouped (cardinality 4)"]
+    with pytest.raises(AssertionError, match="needs a residual discriminator"):
+        call("distgan.bench", "--convs", "--config", "configs/debug.yaml")
