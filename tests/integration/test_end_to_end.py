@@ -249,7 +249,8 @@ def test_model_selection_uses_the_validation_split(debug_run, data_dir):
     assert logged["step"] == 40
     G, cfg, _ = load_generator(run_dir / "checkpoints" / "step-000000040")
     e = build(json.loads((run_dir / "checkpoints" / "step-000000040" / "manifest.json").read_text())["config"]).eval
-    images, feats, probs = assemble(generate_blocks(G, cfg, e.num, e.seed, block=e.block))
+    a = assemble(generate_blocks(G, cfg, e.num, e.seed, block=e.block))
+    images, feats, probs = a["images"], a["features"], a["probs"]
     valid = suite.compute(images, ("fd",), data_dir, feats, probs, reference="valid")["fd"]
     test = suite.compute(images, ("fd",), data_dir, feats, probs, reference="test")["fd"]
     assert logged["eval/fd"] == pytest.approx(valid, rel=1e-9) and valid != pytest.approx(test, rel=1e-3)
