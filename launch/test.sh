@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (first time), lint, and run the test suite. MNIST comes from $DISTGAN_DATA_DIR (default ../shared/data).
-#   ./launch/test.sh [pytest args]          e.g. ./launch/test.sh -m "not slow"   (about 30 seconds)
+#   ./launch/test.sh [pytest args]          e.g. ./launch/test.sh -m "not slow"   (about 50 seconds)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/launch/setup.sh"
