@@ -176,17 +176,8 @@ def compute(
     if FEATURE_METRICS & set(metrics):
         if feats is None or probs is None:
             feats, probs = features_and_probs(images_u8)
-        if "fd" in metrics or "pr" in metrics:
-            ref_feats, _ = reference_features(data_root, reference)
-        if "fd" in metrics:
-            out["fd"] = scores.fd_from_features(feats, ref_feats)
-        if "cs" in metrics:
-            out["cs"] = scores.classifier_score(probs)
-        if "modes" in metrics:
-            out.update(scores.mode_coverage(probs))
-        if "pr" in metrics:
-            radii = _cached(f"radii3-{reference}-{_classifier_tag()}", lambda: scores.kth_radii(ref_feats, 3))
-            out.update(scores.precision_recall(ref_feats, feats, k=3, real_radii=radii))
+        ref = lambda: reference_features(data_root, reference)[0]  # noqa: E731
+        out.update(_feature_figures(metrics, feats, probs, ref, f"radii3-{reference}-{_classifier_tag()}"))
     if "parzen" in metrics or "nn" in metrics:
 
         def pixels(split, lo=None, hi=None):
@@ -219,10 +210,18 @@ def _compute_custom(images_u8, metrics, data_root, feats, probs, reference: str,
     net = load_classifier(classifier)
     if feats is None or probs is None:
         feats, probs = features_and_probs(images_u8, net)
-    if "fd" in metrics or "pr" in metrics:
-        src = Source(reference, data_root)
-        tag = f"{src.content_hash()}-{_file_tag(classifier)}"
-        ref_feats = _cached(f"clfref-{tag}", lambda: features_and_probs(src.load(), net)[0])
+    src = Source(reference, data_root)
+    tag = f"{src.content_hash()}-{_file_tag(classifier)}" if {"fd", "pr"} & set(metrics) else ""
+    ref = lambda: _cached(f"clfref-{tag}", lambda: features_and_probs(src.load(), net)[0])  # noqa: E731
+    out.update(_feature_figures(metrics, feats, probs, ref, f"clfradii3-{tag}"))
+    return out
+
+
+def _feature_figures(metrics, feats, probs, reference, radii_name: str) -> dict:
+    """fd, cs, modes and pr of samples' classifier ``feats``/``probs``; ``reference()`` gives the reference
+    features (called only when fd or pr needs them), whose k-NN radii are cached as ``radii_name``."""
+    out: dict = {}
+    ref_feats = reference() if {"fd", "pr"} & set(metrics) else None
     if "fd" in metrics:
         out["fd"] = scores.fd_from_features(feats, ref_feats)
     if "cs" in metrics:
@@ -230,7 +229,7 @@ def _compute_custom(images_u8, metrics, data_root, feats, probs, reference: str,
     if "modes" in metrics:
         out.update(scores.mode_coverage(probs))
     if "pr" in metrics:
-        radii = _cached(f"clfradii3-{tag}", lambda: scores.kth_radii(ref_feats, 3))
+        radii = _cached(radii_name, lambda: scores.kth_radii(ref_feats, 3))
         out.update(scores.precision_recall(ref_feats, feats, k=3, real_radii=radii))
     return out
 
