@@ -279,10 +279,18 @@ class Reference:
 
 
 def make_reference(
-    source: Source, weights: Path, num: int | None = None, rank: int = 0, world: int = 1, block: int = 64, device="cpu"
+    source: Source,
+    weights: Path,
+    num: int | None = None,
+    rank: int = 0,
+    world: int = 1,
+    block: int = 64,
+    device="cpu",
+    content: str | None = None,
 ) -> Reference:
-    """Reference statistics of ``source`` (its first ``num`` images), extracted across ranks."""
-    content = source.content_hash()
+    """Reference statistics of ``source`` (its first ``num`` images), extracted across ranks; ``content``:
+    its content hash when the caller has it already (the bytes are read once)."""
+    content = content or source.content_hash()
     images = source.load(num)
     feats = extract(images, inception.load_extractor(weights, device), rank, world, block, device)
     meta = {
@@ -326,7 +334,7 @@ def cached_reference(
     hit = gather_objects(found is not None, world)[0]
     if hit:
         return gather_objects(found, world)[0], True
-    ref = make_reference(source, weights, num, rank, world, block, device)
+    ref = make_reference(source, weights, num, rank, world, block, device, content=key_parts[0])
     if rank == 0:
         try:
             ref.save(path)
