@@ -7,6 +7,7 @@ overriding ``real_batch`` and ``noise``, a ``Callback``, the data source's Batch
 RUN/../out/rankR.pt.
 
     python ddp_worker.py --out O [probe options] -- --config configs/debug.yaml --run-dir R [key=value ...]
+    python ddp_worker.py --batch RUNS.json    # several runs in turn on one process group (see run_batch)
 
 Probe options:
   --inject-noise        per-rank noise = a slice of one global noise tensor per update, so runs at other
@@ -216,7 +217,35 @@ def parse(argv):
     return opts, [a for a in rest if a != "--"]
 
 
+def run_batch(runs: list[list[str]]) -> int:
+    """Each run (the argument list of a single run, as above) in turn on this one process group: the
+    interpreters, imports and group start once for all, which is most of a short run's time on 2 cores.
+    Builds the Trainer as ``distgan.train.main`` does but does not end the process group between runs
+    (``main`` ends it: ``Accelerator.end_training``); for runs that finish. A run that exits on purpose, or a
+    test of exit codes, launches alone through ``main``."""
+    from distgan.config import load
+    from distgan.runtime import leave_process_group
+    from distgan.train import parse_args
+
+    for argv in runs:
+        opts, train_argv = parse(argv)
+        args = parse_args(train_argv)
+        probe = Probe(opts)
+        cls = make_trainer_cls(opts)
+        cls.probe = probe
+        tr = cls(load(args.config, args.overrides), Path(args.run_dir).resolve(), callbacks=[probe])
+        tr.train()
+        tr.acc.wait_for_everyone()
+        del tr
+    leave_process_group()
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--batch"]:
+        import json
+
+        sys.exit(run_batch(json.loads(Path(sys.argv[2]).read_text())))
     opts, train_argv = parse(sys.argv[1:])
     probe = Probe(opts)
     cls = make_trainer_cls(opts)

@@ -1,4 +1,6 @@
-"""Real multi-process runs (accelerate launch, CPU ranks on gloo) and what only they can show."""
+"""Real multi-process runs (accelerate launch, CPU ranks on gloo) and what only they can show. The runs
+that finish are launched in groups, one process group per world size (tests/integration/conftest.py);
+those that exit on purpose launch alone here."""
 
 from pathlib import Path
 
@@ -6,18 +8,9 @@ import pytest
 import torch
 
 from tests.helpers import deviation, free_port, run, worker_cmd
+from tests.integration.conftest import BASE, EQUIV, STEPS
 
-pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
-# A small paper-MLP model keeps every run to seconds; no EMA ramp-up so the EMA moves from step 1.
-BASE = [
-    "train.progress=false",
-    "model.width=64",
-    "train.batch_size=40",
-    "train.log_every=3",
-    "train.sample_every=0",
-    "runtime.pg_timeout_s=60",
-    "eval.every=0",
-]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 def launch(nproc, tmp, overrides=(), probe=(), config="configs/debug.yaml", check=True):
@@ -37,10 +30,9 @@ def assert_same(a: dict, b: dict):
 
 
 @pytest.fixture(scope="module")
-def two_rank(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ddp")
-    ranks, proc = launch(2, d, ["train.max_steps=6", "train.ckpt_every=6", "train.d_steps=2"])
-    return d, ranks, proc
+def two_rank(ranks_2):
+    """The debug config's paper MLP on 2 ranks, 6 steps of k = 2 D updates."""
+    return ranks_2.dir("two_rank"), ranks_2.records("two_rank"), ranks_2
 
 
 def test_really_two_ranks_on_gloo(two_rank):
@@ -108,19 +100,7 @@ def test_resume_two_ranks_to_one_and_back(two_rank, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ equivalences
-# No dropout and no BatchNorm (paper-MLP G, the conv D of dcgan28, both narrow), plain SGD without
-# momentum so an update is lr x gradient: a wrong reduction shows at full size (Adam would nearly hide a
-# sum-instead-of-mean: it divides the gradient's scale out). Noise: slices of one global tensor per update.
-EQUIV = [
-    "model.discriminator=dcgan28",
-    "model.width=8",
-    "ema.enabled=false",
-    "optim.name=sgd",
-    "optim.lr=0.1",
-    "optim.momentum=0",
-    "optim.final_momentum=0",
-]
-STEPS = ["train.max_steps=2", "train.ckpt_every=2"]
+# EQUIV (conftest.py): the set-up every equivalence run shares.
 # The exact comparisons use the state after both steps; the rounding-bounded ones compare one update (the
 # state after step 1: one D update, then one G update), so no difference is carried into another update.
 #
@@ -140,17 +120,15 @@ STEPS = ["train.max_steps=2", "train.ckpt_every=2"]
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(ranks_1):
     """1 rank, grad_accum 2, micro-batch 20: the same sums, in the same order, as 2 ranks x 20."""
-    (r,), _ = launch(1, tmp_path_factory.mktemp("ref"), [*EQUIV, *STEPS, "train.grad_accum=2"], ["--inject-noise"])
-    return r
+    return ranks_1.records("reference")[0]
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
+def two_ranks(ranks_2):
     """2 ranks x micro-batch 20 under DDP."""
-    ranks, _ = launch(2, tmp_path_factory.mktemp("two"), [*EQUIV, *STEPS], ["--inject-noise", "--comm-hook", "count"])
-    return ranks
+    return ranks_2.records("two_ranks")
 
 
 def test_two_ranks_equal_one_rank_with_accumulation_bitwise(reference, two_ranks):
@@ -163,24 +141,25 @@ def test_two_ranks_equal_one_rank_with_accumulation_bitwise(reference, two_ranks
 
 
 @pytest.mark.parametrize("wrong", ["sum", "local", "same-slice"])
-def test_two_ranks_negative_controls_fail_the_comparison(reference, tmp_path, wrong):
+def test_two_ranks_negative_controls_fail_the_comparison(reference, ranks_2, tmp_path, wrong):
     """A deliberately wrong reduction must fail the exact comparison above, and by more than 10x the rounding
     bound of the tolerance-based comparison below."""
-    probe = ["--inject-noise", *(["--same-slice"] if wrong == "same-slice" else ["--comm-hook", wrong])]
-    (r0, r1), p = launch(2, tmp_path, [*EQUIV, *STEPS], probe, check=wrong != "local")
     if wrong == "local":  # without an all-reduce the replicas drift apart: the checkpoint's replica check stops it
+        (r0, r1), p = launch(2, tmp_path, [*EQUIV, *STEPS], ["--inject-noise", "--comm-hook", "local"], check=False)
         assert p.returncode == 1 and "replicas diverged at step 2" in p.stderr, p.stderr[-2000:]
         assert any(not torch.equal(r0["D"][k], r1["D"][k]) for k in r0["D"])
+    else:
+        r0, _ = ranks_2.records({"sum": "neg_sum", "same-slice": "neg_same_slice"}[wrong])
     assert any(not torch.equal(r0["D"][k], reference["D"][k]) for k in reference["D"])
     assert deviation(r0["first"]["D"], reference["first"]["D"], reference["init"]["D"]) > 10
 
 
-def test_uneven_split_over_three_ranks_equals_one_rank(reference, tmp_path):
+def test_uneven_split_over_three_ranks_equals_one_rank(reference, ranks_3):
     """A global batch of 40 on 3 ranks is 14 + 13 + 13 images; the loss weights n_r W / B make DDP's average
     the mean over the 40 images, so the updates equal the 1-rank ones within the rounding bound (measured: 0.03
     of it)."""
-    ranks, p = launch(3, tmp_path, [*EQUIV, *STEPS], ["--inject-noise"])
-    assert "global batch 40 = 3 ranks x 13-14 images" in p.stdout
+    ranks = ranks_3.records("uneven")
+    assert "global batch 40 = 3 ranks x 13-14 images" in ranks_3.stdout
     for net in ("G", "D"):
         assert_same(ranks[0][net], ranks[2][net])
         dev = deviation(ranks[0]["first"][net], reference["first"][net], reference["init"][net])
@@ -190,23 +169,17 @@ def test_uneven_split_over_three_ranks_equals_one_rank(reference, tmp_path):
     assert set(torch.cat(consumed).tolist()) == set(torch.cat(reference["consumed"]).tolist())
 
 
-def test_uneven_split_negative_control(reference, tmp_path):
+def test_uneven_split_negative_control(reference, ranks_3):
     """Every rank weighted alike (DDP's plain average of 14-, 13- and 13-image means) must fail the comparison."""
-    ranks, _ = launch(3, tmp_path, [*EQUIV, *STEPS], ["--inject-noise", "--equal-weights"])
+    ranks = ranks_3.records("neg_uneven")
     dev = max(deviation(ranks[0]["first"][n], reference["first"][n], reference["init"][n]) for n in ("G", "D"))
     assert dev > 10, f"{dev:.3g} x the rounding bound"
 
 
 @pytest.fixture(scope="module")
-def two_ranks_accumulating(tmp_path_factory):
+def two_ranks_accumulating(ranks_2):
     """2 ranks x grad_accum 2 x micro-batch 10 (the same global batch of 40): no_sync on the first micro-step."""
-    ranks, _ = launch(
-        2,
-        tmp_path_factory.mktemp("acc"),
-        [*EQUIV, *STEPS, "train.grad_accum=2"],
-        ["--inject-noise", "--comm-hook", "count"],
-    )
-    return ranks
+    return ranks_2.records("accumulating")
 
 
 def test_grad_accumulation_under_ddp_equals_full_batch(two_ranks_accumulating, two_ranks):
@@ -219,16 +192,16 @@ def test_grad_accumulation_under_ddp_equals_full_batch(two_ranks_accumulating, t
     assert a0["allreduce_calls"] == two_ranks[0]["allreduce_calls"] > 0
 
 
-def test_grad_accumulation_negative_control(two_ranks, tmp_path):
-    (a0, _), _ = launch(2, tmp_path, [*EQUIV, *STEPS, "train.grad_accum=2"], ["--inject-noise", "--comm-hook", "sum"])
+def test_grad_accumulation_negative_control(two_ranks, ranks_2):
+    a0, _ = ranks_2.records("neg_accumulating")
     assert deviation(a0["first"]["D"], two_ranks[0]["first"]["D"], two_ranks[0]["init"]["D"]) > 10
 
 
-def test_compiled_under_ddp_equals_eager(two_ranks, tmp_path):
+def test_compiled_under_ddp_equals_eager(two_ranks, ranks_2):
     """torch.compile of G and D (before DDP wrapping) on 2 ranks: replicas identical, the same updates as the
     eager 2-rank run within the rounding bound (inductor fuses and reorders float operations), and the
     compiler's own counters show it compiled, once: no recompile after the first step."""
-    (c0, c1), _ = launch(2, tmp_path, [*EQUIV, *STEPS, "compile.enabled=true"], ["--inject-noise"])
+    c0, c1 = ranks_2.records("compiled")
     for net in ("G", "D"):
         assert_same(c0[net], c1[net])
         dev = deviation(c0["first"][net], two_ranks[0]["first"][net], two_ranks[0]["init"][net])
@@ -244,22 +217,10 @@ def test_world_size_must_match_what_was_asked(tmp_path):
     assert p.returncode == 2 and "expected_world_size=2 but the process group has 1" in p.stderr
 
 
-def test_conv_gan_with_batchnorm_stays_in_sync(tmp_path):
+def test_conv_gan_with_batchnorm_stays_in_sync(ranks_2):
     """DCGAN (BatchNorm in G) on 2 CPU ranks: parameters and BN statistics identical at the checkpoint.
     (SyncBatchNorm, model.sync_batchnorm=true, is GPU-only in torch; here the statistics are rank 0's.)"""
-    (r0, r1), p = launch(
-        2,
-        tmp_path,
-        [
-            "model.generator=dcgan28",
-            "model.discriminator=dcgan28",
-            "model.noise=normal",
-            "model.width=8",
-            "train.max_steps=4",
-            "train.ckpt_every=4",
-            "train.consistency_every=2",
-        ],
-    )
+    r0, r1 = ranks_2.records("batchnorm")
     for net in ("G", "D", "G_ema"):
         assert_same(r0[net], r1[net])
     assert any("running_mean" in k for k in r0["G"])

@@ -15,10 +15,11 @@ the negative control (equal weights, off by 1/13 only): 21 x the bound for G, 3.
 import pytest
 
 from tests.helpers import deviation
-from tests.integration.test_distributed import EQUIV, STEPS, assert_same, launch
+from tests.integration.test_distributed import assert_same
 
-pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
-R3 = [*EQUIV, "loss.name=rpgan", "loss.r1_gamma=0.5", "loss.r2_gamma=0.5", "loss.r1_every=1"]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+# The runs (R3 in tests/integration/conftest.py: EQUIV's set-up with RpGAN, R1 and R2 every step) are made in
+# the per-world-size groups of conftest.py, beside test_distributed's.
 LR, B, U = 0.1, 40, 2.0**-24
 FINAL_BIAS = "fc.2.bias"
 """D's last bias: RpGAN depends on logit differences and R1/R2 on input gradients, so its exact gradient is 0
@@ -38,41 +39,39 @@ def compare(a: dict, ref: dict, init: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(ranks_1):
     """1 rank, grad_accum 2, micro-batch 20: the same sums, in the same order, as 2 ranks x 20."""
-    (r,), p = launch(1, tmp_path_factory.mktemp("ref"), [*R3, *STEPS, "train.grad_accum=2"], ["--inject-noise"])
-    return r, p
+    return ranks_1.records("r3_reference")[0]
 
 
-def test_two_ranks_equal_one_rank_with_accumulation(reference, tmp_path):
+def test_two_ranks_equal_one_rank_with_accumulation(reference, ranks_2):
     """Exact: the same per-micro-batch kernels, one pairwise sum of halves (DDP's for the main losses, the
     hand all-reduce for R1/R2), and weights that are powers of two (0.5 and 1)."""
-    ref, p = reference
-    ranks, _ = launch(2, tmp_path, [*R3, *STEPS], ["--inject-noise"])
+    ranks = ranks_2.records("r3_two_ranks")
     for net in ("G", "D"):
         assert_same(ranks[0][net], ranks[1][net])
-        assert_same(ranks[0][net], ref[net])
+        assert_same(ranks[0][net], reference[net])
     logged = ranks[0]["logged"]
     assert logged["loss/R1"] > 0 and logged["loss/R2"] > 0, logged
 
 
-def test_three_uneven_ranks_equal_one_rank(reference, tmp_path):
+def test_three_uneven_ranks_equal_one_rank(reference, ranks_3):
     """40 images on 3 ranks (14 + 13 + 13): within the rounding bound of the 1-rank update."""
-    ref, _ = reference
-    ranks, p = launch(3, tmp_path, [*R3, *STEPS], ["--inject-noise"])
-    assert "global batch 40 = 3 ranks x 13-14 images" in p.stdout
+    ref = reference
+    ranks = ranks_3.records("r3_uneven")
+    assert "global batch 40 = 3 ranks x 13-14 images" in ranks_3.stdout
     for net in ("G", "D"):
         assert_same(ranks[0][net], ranks[2][net])
         dev = compare(ranks[0]["first"][net], ref["first"][net], ref["init"][net])
         assert dev <= 1.0, f"{net}: {dev:.3g} x the rounding bound"
 
 
-def test_negative_control_equal_weights_fails(reference, tmp_path):
+def test_negative_control_equal_weights_fails(reference, ranks_3):
     """Every rank's losses and penalties weighted alike (DDP's plain average of 14-, 13- and 13-image means,
     and the same for the hand all-reduce of R1/R2) must fail the comparison above. (The exact 2-rank
     comparison's controls for DDP's own reduction, a sum or no all-reduce, are test_distributed's: the same
     code path.)"""
-    ref, _ = reference
-    ranks, _ = launch(3, tmp_path, [*R3, *STEPS], ["--inject-noise", "--equal-weights"])
+    ref = reference
+    ranks = ranks_3.records("r3_neg_uneven")
     dev = max(compare(ranks[0]["first"][n], ref["first"][n], ref["init"][n]) for n in ("G", "D"))
     assert dev > 10, f"{dev:.3g} x the rounding bound"
