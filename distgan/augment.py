@@ -13,6 +13,16 @@ the R1/R2 penalties (taken at the augmented images). Choices:
 - Policies (DiffAugment's): ``color`` (brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5], for
   images in [-1, 1]; saturation is a no-op on 1 channel), ``translation`` (up to 1/8 of the size, zero
   padded), ``cutout`` (a zeroed square of half the size).
+- Probability (``data.augment_p``, StyleGAN2-ADA's p): each policy is applied to each image with
+  probability p, drawn from the same generator; p = 1 (the default, DiffAugment) draws no masks.
+- Adaptive p (``data.ada_target``, :class:`AdaptiveP`): StyleGAN2-ADA's controller. Every
+  ``data.ada_interval`` steps it reads r_t = E[sign(D(x))] over the reals D judged since the last
+  adjustment (all ranks), and moves p by +-(images since then) / ``data.ada_images`` towards r_t =
+  target: p rises while D is too sure of the training images (overfitting), falls when it is not. For a
+  relativistic loss (rpgan) D's level is arbitrary (the loss is unchanged by adding a constant to D), so
+  the sign is taken of D(x) - D(G(z)) over the pairs it judged: the share of pairs D ranks right, 2 acc - 1.
+  p and the running sums are training state: checkpointed, so a resumed run adjusts exactly as the
+  uninterrupted one.
 """
 
 from __future__ import annotations
@@ -76,17 +86,65 @@ FUNCTIONS = {"color": color, "translation": translation, "cutout": cutout}
 
 
 class Augment:
-    """The policies of ``data.augment`` with their generator; ``__call__`` augments a batch."""
+    """The policies of ``data.augment`` with their generator; ``__call__`` augments a batch. ``p``: the
+    probability of each policy per image; ``masked=False`` (p fixed at 1) skips the draws of the masks."""
 
-    def __init__(self, policies: tuple[str, ...], device: torch.device):
+    def __init__(self, policies: tuple[str, ...], device: torch.device, p: float = 1.0, masked: bool = False):
         self.policies = policies
         self.generator = torch.Generator(device=device)
+        self.p = torch.tensor(float(p), device=device)  # a device tensor: the controller moves it with no host sync
+        self.masked = masked or p < 1.0
 
     def reseed(self, seed: int) -> None:
         """Called once per step with runtime.step_seed(seed, rank, step, AUGMENT_SALT)."""
         self.generator.manual_seed(seed)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        for p in self.policies:
-            x = FUNCTIONS[p](x, self.generator)
+        for name in self.policies:
+            y = FUNCTIONS[name](x, self.generator)
+            if self.masked:
+                draw = torch.rand(x.shape[0], 1, 1, 1, device=x.device, generator=self.generator)
+                y = torch.where(draw < self.p, y, x)
+            x = y
         return x
+
+
+class AdaptiveP:
+    """StyleGAN2-ADA's adaptive augmentation probability (see the module docstring): ``observe`` after each
+    of D's forwards on [real, fake] in D's phase, ``adjust`` every ``interval`` steps on every rank (one
+    all-reduce of two numbers). Everything stays on the device: no host sync until the log reads it."""
+
+    def __init__(self, augment: Augment, target: float, interval: int, images: int, images_per_step: int):
+        self.augment, self.target, self.interval = augment, target, interval
+        self.step_size = images_per_step * interval / images  # p's change per adjustment: +-1 over `images`
+        device = augment.p.device
+        self.sums = torch.zeros(2, device=device)  # [sum of signs, images] since the last adjustment
+        self.rt = torch.zeros((), device=device)  # the r_t of the last adjustment (a logged figure)
+        self.relativistic = False  # set from the loss: rpgan takes the sign of D(x) - D(G(z))
+
+    def observe(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> None:
+        d = (real_logits - fake_logits if self.relativistic else real_logits).detach().float()
+        self.sums[0] += torch.sign(d).sum()
+        self.sums[1] += d.numel()
+
+    def adjust(self) -> None:
+        """Move p one step towards r_t = target (a collective under DDP: every rank calls it at the same step)."""
+        from distgan.runtime import all_reduce_sum_  # (lazy: distgan.config imports this module)
+
+        sums = all_reduce_sum_(self.sums.clone())
+        self.rt = sums[0] / sums[1].clamp_min(1)
+        move = torch.sign(self.rt - self.target) * self.step_size * (sums[1] > 0)
+        self.augment.p.copy_((self.augment.p + move).clamp(0.0, 1.0))
+        self.sums.zero_()
+
+    def figures(self) -> torch.Tensor:
+        """[p, r_t] on the device."""
+        return torch.stack([self.augment.p, self.rt])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in (("p", self.augment.p), ("sums", self.sums), ("rt", self.rt))}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.augment.p.copy_(state["p"])
+        self.sums.copy_(state["sums"])
+        self.rt.copy_(state["rt"])

@@ -129,6 +129,17 @@ class DataConfig:
     """Differentiable augmentation of every image D sees (DiffAugment; distgan/augment.py): a comma list of
     ``color``, ``translation``, ``cutout``, applied to reals and fakes alike in D's and G's phases and before
     R1/R2, drawn per image from (seed, rank, step). Empty: off."""
+    augment_p: float = 1.0
+    """Probability of each ``data.augment`` policy per image (StyleGAN2-ADA's p); 1: always (DiffAugment).
+    With ``data.ada_target`` set, p starts here and the controller moves it."""
+    ada_target: float = 0.0
+    """Adaptive augmentation (StyleGAN2-ADA): the target of r_t = E[sign(D(x))] on the training reals (for
+    rpgan, of sign(D(x) - D(G(z))) over its pairs); 0.6 is ADA's. p rises while r_t is above it (D
+    overfitting) and falls below it. 0: p fixed at ``data.augment_p``. Logged as aug/p and aug/rt."""
+    ada_interval: int = 4
+    """Adaptive augmentation: steps between adjustments of p (one all-reduce of two numbers each)."""
+    ada_images: int = 500_000
+    """Adaptive augmentation: images over which p can move from 0 to 1 (ADA's 500k)."""
     val_urls: str = ""
     """webdataset: held-out shards (same notation as ``urls``) that in-training Inception metrics
     (``eval.metrics=fid,...``) compare against; never trained on."""
@@ -147,6 +158,19 @@ class DataConfig:
             parse_augment(self.augment)
         except ValueError as e:
             raise ConfigError(f"data.augment={self.augment!r}: {e}") from None
+        if not 0.0 <= self.augment_p <= 1.0:
+            raise ConfigError(f"data.augment_p={self.augment_p} is a probability: choose a value in [0, 1]")
+        if not 0.0 <= self.ada_target < 1.0:
+            raise ConfigError(
+                f"data.ada_target={self.ada_target}: a target for E[sign(D(x))] in (0, 1) (ADA uses 0.6), or 0 for off"
+            )
+        if self.ada_target and not self.augment.strip():
+            raise ConfigError(
+                "data.ada_target adapts the probability of data.augment's policies, and data.augment is empty; "
+                "set data.augment (e.g. data.augment=translation,cutout,color)"
+            )
+        _positive("data.ada_interval", self.ada_interval)
+        _positive("data.ada_images", self.ada_images)
         _positive("data.holdout_shards", self.holdout_shards, zero_ok=True)
         if self.val_urls.strip() and self.holdout_shards:
             raise ConfigError("data.val_urls and data.holdout_shards both name validation shards; set one of them")

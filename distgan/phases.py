@@ -131,6 +131,7 @@ class GANStep:
         self.guard = Guard(self.device)
         self.keep_fakes = False  # set when R2 is on: d_step keeps its (detached) fakes for d_reg_step
         self.augment = lambda x: x  # distgan.augment.Augment when data.augment is set: what D sees, always
+        self.observe = None  # called with D's (real, fake) logits in D's phase: the ADA controller's input
         self.last_fakes: list[torch.Tensor] = []
 
     @staticmethod
@@ -194,6 +195,8 @@ class GANStep:
                     logits = D.fwd_own(self.augment(torch.cat([x, fake.to(x.dtype)]))).float()
                     real_l, fake_l = logits.chunk(2)
                     loss = self.loss.d(real_l, fake_l)
+                if self.observe is not None:
+                    self.observe(real_l, fake_l)
                 self._backward(loss * self.weights[i], D.scaler)
             s = torch.stack(
                 [loss.detach(), torch.sigmoid(real_l.detach()).mean(), torch.sigmoid(fake_l.detach()).mean()]

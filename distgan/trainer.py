@@ -5,6 +5,7 @@ components that own it.
     BatchSource     this rank's share of every global batch               data/
     GANStep, Guard  the D and G updates, skipped-update counts            phases.py
     Augment         differentiable augmentation of what D sees            augment.py
+    AdaptiveP       ADA's augmentation probability, moved by sign(D(x))   augment.py
     schedule_at     learning rates, momentum, beta2, R1/R2 weights per step schedule.py
     GeneratorAverage the EMA generator and its BatchNorm statistics       ema.py
     InTrainingEval  scores on the validation split, the best checkpoint   evaluate.py
@@ -28,7 +29,7 @@ from torch import nn
 
 from distgan import augment, schedule
 from distgan import checkpoint as ckpt_lib
-from distgan.augment import Augment
+from distgan.augment import AdaptiveP, Augment
 from distgan.callbacks import Callback
 from distgan.config import Config, ConfigError
 from distgan.data.sampler import BatchLayout
@@ -156,9 +157,15 @@ class Trainer:
         self.G, self.D = nets["G"], nets["D"]
         self.gan = GANStep(acc, self.G, self.D, LOSSES[cfg.loss.name], self.precision, self.layout.loss_weights)
         self.gan.keep_fakes = cfg.loss.r2_gamma > 0  # R2 judges the fakes of the last D update
-        self.augment = Augment(augment.parse(cfg.data.augment), self.device) if cfg.data.augment else None
-        if self.augment:
+        self.augment = self.ada = None
+        if cfg.data.augment:
+            d = cfg.data
+            self.augment = Augment(augment.parse(d.augment), self.device, d.augment_p, d.ada_target > 0)
             self.gan.augment = self.augment
+            if d.ada_target:
+                self.ada = AdaptiveP(self.augment, d.ada_target, d.ada_interval, d.ada_images, self.images_per_step)
+                self.ada.relativistic = self.gan.loss.needs_real_in_g
+                self.gan.observe = self.ada.observe
 
         self.evaluator = InTrainingEval(cfg, self.rank0, self.rank, self.world, self.device)
         g = torch.Generator().manual_seed(cfg.train.seed + 0xF1C5)
@@ -235,6 +242,8 @@ class Trainer:
         self.gan.end_step()
         if self.ema:
             self.ema.update(self.G.module, step)
+        if self.ada and (step + 1) % self.ada.interval == 0:
+            self.ada.adjust()
         return d_stats, g_stats
 
     def schedule(self, step: int) -> dict[str, float]:
@@ -347,6 +356,8 @@ class Trainer:
             metrics["loss/R1"] = v[7]
             if self.cfg.loss.r2_gamma:
                 metrics["loss/R2"] = v[8]
+        if self.ada:  # p and the r_t of the last adjustment: the same on every rank
+            metrics["aug/p"], metrics["aug/rt"] = self.ada.figures().tolist()
         if self.cfg.data.dataset == "webdataset" and not self.cfg.data.in_memory:
             metrics["data/skipped"] = v[5]  # bad samples the streams skipped, all ranks
         tracker.log(self.step, metrics)
@@ -472,6 +483,7 @@ class Trainer:
                 # these are not needed for an exact resume; restored when the world size is unchanged
                 "rng_per_rank": gather_objects(rng_state(), self.world),
                 "guard": self.gan.guard.state_dict(),  # a skip streak that spans a preemption stays one streak
+                **({"ada": self.ada.state_dict()} if self.ada else {}),  # p and the sums since its last move
                 "best": self.evaluator.best.best,
             },
         }
@@ -492,6 +504,8 @@ class Trainer:
         self.evaluator.best.restore(tr.get("best"))
         if tr.get("guard"):  # (checkpoints written before the guard was saved have none)
             self.gan.guard.load_state_dict(tr["guard"])
+        if self.ada and tr.get("ada"):  # (none when ADA was off: p starts at data.augment_p)
+            self.ada.load_state_dict(tr["ada"])
         rngs = tr.get("rng_per_rank") or []
         if len(rngs) == self.world:
             set_rng_state(rngs[self.rank])
