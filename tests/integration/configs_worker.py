@@ -48,8 +48,10 @@ def main():
         "webdataset_64_in_memory": [f"data.urls={shards64}", "data.in_memory=true", *wds],
         "stacked_mnist": [f"data.urls={stacked}", *wds, "eval.num=200", "eval.block=20"],
         "stacked_mnist_r3gan": [f"data.urls={stacked}", *wds, "eval.num=200", "eval.block=20"],
-        "r3gan_32": [f"data.urls={shards32}", *wds],
-        "r3gan_64": [f"data.urls={shards64}", *wds],
+        # ADA's controller moves p after every step (the configs: every 4) from 0.5 (the configs: 0, where a
+        # fall would not show), so 2 steps show it on every rank
+        "r3gan_32": [f"data.urls={shards32}", *wds, "data.ada_interval=1", "data.augment_p=0.5"],
+        "r3gan_64": [f"data.urls={shards64}", *wds, "data.ada_interval=1", "data.augment_p=0.5"],
     }
     for name in names:
         config = REPO / "configs" / f"{name.replace('_in_memory', '')}.yaml"
@@ -58,6 +60,13 @@ def main():
         extra = data.get(name, ["eval.num=200", "eval.block=20"] if name == "debug" else ["eval.every=0"])
         tr = Trainer(load(config, [*STEPS, *extra]), out / "runs" / name)
         logged = tr.train()
+        ada_p = []  # every rank's augmentation probability: one value, or the ranks would augment differently
+        if tr.ada is not None:
+            p = tr.ada.augment.p.reshape(1)
+            ada_p = [torch.zeros_like(p) for _ in range(tr.world)] if tr.world > 1 else [p]
+            if tr.world > 1:
+                torch.distributed.all_gather(ada_p, p)
+            ada_p = [x.item() for x in ada_p]
         if tr.rank == 0:
             (out / f"{name}.json").write_text(
                 json.dumps(
@@ -69,6 +78,8 @@ def main():
                         "loss/D": logged["loss/D"],
                         "images_seen": logged["images_seen"],
                         "checkpoint": str(tr.ckpt_root / "step-000000002"),
+                        "ada_p": ada_p,
+                        "aug/p": logged.get("aug/p"),
                     }
                 )
             )

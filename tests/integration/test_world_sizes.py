@@ -1,8 +1,10 @@
-"""Every shipped config starts and trains on 3 and 8 ranks (real gloo groups on this CPU): the global batch
-is split unevenly where it must be (100 over 8 ranks: 13 or 12), with the replica check at every step.
-The r3gan configs (R1 + R2 every step: a double backward of D per step) run on 3 ranks only, to keep the
-suite's time: the uneven-split machinery 8 ranks exercise does not depend on the config, and one rank runs
-the same recipe in tests/integration/test_rpgan_distributed.py and tests/unit/test_augment.py."""
+"""Every shipped config starts and trains on 3 ranks (real gloo groups on this CPU): the global batch is split
+unevenly where it must be (64 over 3 ranks: 22 + 21 + 21), with the replica check at every step. The R3GAN
+configs, new with their own networks and loss, also on 1 rank (a plain process with both threads, no group).
+8 ranks run two configs that cover what a large group changes: MNIST held in memory and split 13/12 (batch 100
+over 8) with the in-training evaluation spread over every rank, and shards streamed to more ranks than there
+are shards (4 over 8). The split itself does not depend on the config (tests/unit: distgan.data.sampler.split),
+and every config's parts run on 3 ranks here (BatchNorm on several ranks also in test_distributed.py)."""
 
 import json
 import math
@@ -70,15 +72,20 @@ def shards(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "world, names",
-    [(3, [*CONFIGS, "webdataset_64_in_memory"]), (8, [c for c in CONFIGS if c not in R3GAN])],
-    ids=["3-ranks", "8-ranks"],
+    [(1, R3GAN), (3, [*CONFIGS, "webdataset_64_in_memory"]), (8, ["debug", "stacked_mnist"])],
+    ids=["1-rank", "3-ranks", "8-ranks"],
 )
 def test_every_config_trains_on_odd_and_large_world_sizes(tmp_path, shards, world, names):
     from distgan.config import load
     from distgan.data.sampler import split
 
     worker = str(REPO / "tests" / "integration" / "configs_worker.py")
-    run(launch_cmd(world, worker, str(tmp_path), *shards, *names), timeout=560)
+    # one rank alone gets both cores, as a user's one-process run does
+    run(
+        launch_cmd(world, worker, str(tmp_path), *shards, *names),
+        env={"OMP_NUM_THREADS": "2"} if world == 1 else None,
+        timeout=560,
+    )
     for name in names:
         res = json.loads((tmp_path / f"{name}.json").read_text())
         batch = load(REPO / "configs" / f"{name.replace('_in_memory', '')}.yaml", env={}).train.batch_size
@@ -91,3 +98,8 @@ def test_every_config_trains_on_odd_and_large_world_sizes(tmp_path, shards, worl
             == 2 * batch * load(REPO / "configs" / f"{name.replace('_in_memory', '')}.yaml", env={}).train.d_steps
         )
         assert (tmp_path / "runs" / name / "checkpoints" / "step-000000002" / "manifest.json").exists()
+        if (
+            "ada_target" in (REPO / "configs" / f"{name.replace('_in_memory', '')}.yaml").read_text()
+        ):  # p moved (from 0.5) alike on every rank
+            assert len(res["ada_p"]) == world and len(set(res["ada_p"])) == 1 and res["ada_p"][0] != 0.5, res
+            assert res["aug/p"] == res["ada_p"][0]
