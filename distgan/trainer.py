@@ -319,6 +319,8 @@ class Trainer:
         except OSError as e:  # a full disk: the error being reported matters more than the status file
             print(f"[distgan] warning: could not write {self.run_dir / 'status.json'}: {e}", file=sys.stderr)
         finally:
+            if hasattr(self.data, "close"):  # data loader workers: see StreamBatches.close
+                self.data.close()
             tracker.close()
 
     # --------------------------------------------------------------------------- once-per-tick upkeep

@@ -30,6 +30,9 @@ class BatchSource(Protocol):
     def position(self, global_batch_index: int) -> tuple[int, int]:
         """(epoch, batch within the epoch) of a global batch (recorded in checkpoints)."""
 
+    # Optional: ``close()``, called once when training ends however it ends, releases what the source holds
+    # open (StreamBatches: its DataLoader workers).
+
 
 def data_root(explicit: str | None = None, configured: str | None = None) -> str:
     """The MNIST root every entry point uses: ``explicit`` (a --data-root option), else $DISTGAN_DATA_DIR,

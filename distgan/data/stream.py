@@ -313,6 +313,14 @@ class StreamBatches:
     def position(self, global_batch_index: int) -> tuple[int, int]:
         return divmod(global_batch_index, self.batches_per_epoch)
 
+    def close(self) -> None:
+        """Stop this rank's DataLoader workers now. They ignore SIGTERM (``_ignore_stop_signals``), so workers
+        left to interpreter shutdown are never reaped: multiprocessing's exit handler sends them SIGTERM and
+        waits, and a run stopped by a signal would hang after its checkpoint. Dropping the last references to
+        the loader and its iterator shuts the workers down (the iterator's own shutdown). Idempotent; the
+        source cannot be read after."""
+        self._it = self.loader = None
+
 
 def read_all(
     urls: list[str], image_shape, batch_size: int = 256, rank: int = 0, world: int = 1, workers: int = 0

@@ -355,3 +355,57 @@ def test_stacked_mnist_shards_and_mode_metric(tmp_path, data_dir):
     one_mode = x[:1].repeat(300, 1, 1, 1)
     res1 = compute(one_mode, ("stacked",), data_dir)
     assert res1["stacked_modes"] == 1 and res1["stacked_kl"] == pytest.approx(np.log(1000), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_of_a_streaming_run_exits_75_and_leaves_none(shards, tmp_path):
+    """What a scheduler does at a time limit: SIGTERM to every process of the job, the DataLoader worker
+    included (which ignores it by design, so a stop cannot kill the data stream under the checkpoint). The run
+    stops at a step with a checkpoint and exits 75, and its worker with it: before StreamBatches.close, the
+    worker outlived the trainer and the process waited for it forever at interpreter exit."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from tests.helpers import REPO, child_env, train_cmd
+
+    run_dir = tmp_path / "run"
+    urls = f"data.urls={shards[0]}/train-{{000000..000007}}.tar"
+    cmd = train_cmd(
+        run_dir,
+        *TINY_64,
+        urls,
+        "data.image_size=32",
+        "train.max_steps=100000",
+        "train.ckpt_every=100000",
+        config="configs/webdataset_64.yaml",
+    )
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        assert len(family) >= 2, "no DataLoader worker: the test would not test the stop with one"
+        os.killpg(proc.pid, signal.SIGTERM)  # every process of the session, as a scheduler signals a job
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 75, err[-3000:]
+    assert "stopped on signal SIGTERM at step" in out
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, f"left running: {alive}"
