@@ -66,7 +66,7 @@ RUNS = {
         ],
         [],
     ),
-    "compiled": (2, [*EQUIV, *STEPS, "compile.enabled=true"], NOISE),  # last of its group: compiler counters
+    "compiled": (2, [*EQUIV, *STEPS, "compile.enabled=true"], NOISE),  # its group's only compiled run: the counters
     "uneven": (3, [*EQUIV, *STEPS], NOISE),
     "neg_uneven": (3, [*EQUIV, *STEPS], [*NOISE, "--equal-weights"]),
     # test_rpgan_distributed.py
