@@ -114,13 +114,21 @@ class AdaptiveP:
     of D's forwards on [real, fake] in D's phase, ``adjust`` every ``interval`` steps on every rank (one
     all-reduce of two numbers). Everything stays on the device: no host sync until the log reads it."""
 
-    def __init__(self, augment: Augment, target: float, interval: int, images: int, images_per_step: int):
+    def __init__(
+        self,
+        augment: Augment,
+        target: float,
+        interval: int,
+        images: int,
+        images_per_step: int,
+        relativistic: bool = False,
+    ):
         self.augment, self.target, self.interval = augment, target, interval
+        self.relativistic = relativistic  # rpgan: the sign of D(x) - D(G(z)), D having no level of its own
         self.step_size = images_per_step * interval / images  # p's change per adjustment: +-1 over `images`
         device = augment.p.device
         self.sums = torch.zeros(2, device=device)  # [sum of signs, images] since the last adjustment
         self.rt = torch.zeros((), device=device)  # the r_t of the last adjustment (a logged figure)
-        self.relativistic = False  # set from the loss: rpgan takes the sign of D(x) - D(G(z))
 
     def observe(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> None:
         d = (real_logits - fake_logits if self.relativistic else real_logits).detach().float()

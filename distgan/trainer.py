@@ -163,8 +163,14 @@ class Trainer:
             self.augment = Augment(augment.parse(d.augment), self.device, d.augment_p, d.ada_target > 0)
             self.gan.augment = self.augment
             if d.ada_target:
-                self.ada = AdaptiveP(self.augment, d.ada_target, d.ada_interval, d.ada_images, self.images_per_step)
-                self.ada.relativistic = self.gan.loss.needs_real_in_g
+                self.ada = AdaptiveP(
+                    self.augment,
+                    d.ada_target,
+                    d.ada_interval,
+                    d.ada_images,
+                    self.images_per_step,
+                    relativistic=self.gan.loss.needs_real_in_g,
+                )
                 self.gan.observe = self.ada.observe
 
         self.evaluator = InTrainingEval(cfg, self.rank0, self.rank, self.world, self.device)
