@@ -342,11 +342,10 @@ class Trainer:
         t = self.cfg.train
         images = (self.step - since[1]) * self.layout.per_rank * t.d_steps  # this rank's real images since then
         share = self.layout.per_rank / t.batch_size  # summed over ranks: the mean over the global batch
-        extra = [
-            images / max(time.perf_counter() - since[0], 1e-9),
-            float(self.data.skipped),
-            float(self.signals.received),
-        ]
+        # Read once: a signal that lands after this read (during the all-reduce, say) waits for the next tick.
+        # Deciding from a second read would stop this rank alone while the others train on (and hang).
+        received = self.signals.received
+        extra = [images / max(time.perf_counter() - since[0], 1e-9), float(self.data.skipped), float(received)]
         reg = self.r1_last * share if self.r1_last is not None else torch.zeros(2, device=self.device)
         pack = all_reduce_sum_(torch.cat([stats * share, torch.tensor(extra, device=self.device), reg]))
         v = torch.cat([pack, self.gan.guard.state()]).tolist()  # the one host sync per tick
@@ -371,7 +370,9 @@ class Trainer:
         tracker.log(self.step, metrics)
         for cb in self.callbacks:
             cb.on_log(self, stats, metrics)
-        return metrics, (self.signals.received or (int(signal.SIGTERM) if v[6] else 0))  # another rank's: SIGTERM
+        # the reduced flag alone decides, so every rank decides alike; the signal's name is this rank's own, or
+        # SIGTERM for another rank's
+        return metrics, ((received or int(signal.SIGTERM)) if v[6] else 0)
 
     def check_guard(self, values: list[float] | None = None) -> dict:
         """The skipped-update counts (read from the device unless ``values`` came with other figures); raise

@@ -42,6 +42,8 @@ EQUIV = [
 STEPS = ["train.max_steps=2", "train.ckpt_every=2"]
 R3 = [*EQUIV, "loss.name=rpgan", "loss.r1_gamma=0.5", "loss.r2_gamma=0.5", "loss.r1_every=1"]
 NOISE = ["--inject-noise"]
+SIGKILL_AT = 8  # test_faults.py: checkpoints at steps 8 and 16; the killed run dies between them
+SIGKILL = [f"train.max_steps={2 * SIGKILL_AT}", f"train.ckpt_every={SIGKILL_AT}", "train.keep_last=5"]
 
 # name: (ranks, overrides after BASE, probe options)
 RUNS = {
@@ -74,6 +76,9 @@ RUNS = {
     "r3_two_ranks": (2, [*R3, *STEPS], NOISE),
     "r3_uneven": (3, [*R3, *STEPS], NOISE),
     "r3_neg_uneven": (3, [*R3, *STEPS], [*NOISE, "--equal-weights"]),
+    # test_faults.py: the uninterrupted runs that a killed and resumed run must equal bit for bit
+    "sigkill_straight_1": (1, SIGKILL, []),
+    "sigkill_straight_2": (2, SIGKILL, []),
 }
 
 

@@ -67,16 +67,20 @@ def assert_checkpoints_identical(a: Path, b: Path):
 # ------------------------------------------------------------------------------------ exit codes
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc", [1, 2])
-def test_exact_resume_after_sigkill(tmp_path, nproc):
+def test_exact_resume_after_sigkill(tmp_path, nproc, request):
     """SIGKILL between two checkpoints, then train.resume=auto: the final checkpoint equals an uninterrupted
     run's bit for bit. The killed run holds after step n + 1 (ddp_worker --hold-at, a Callback), so the kill
-    lands after checkpoint n and before checkpoint 2n on any machine, however fast: no polling race."""
-    n = 8
-    common = [*SMALL, f"train.max_steps={2 * n}", f"train.ckpt_every={n}", "train.keep_last=5"]
-    train(tmp_path / "straight", *common, nproc=nproc)
+    lands after checkpoint n and before checkpoint 2n on any machine, however fast: no polling race. The
+    uninterrupted run is made with the other finishing runs of its world size (conftest.py's groups), with
+    the same overrides as the killed one."""
+    from tests.integration.conftest import BASE, RUNS, SIGKILL_AT
+
+    n, name = SIGKILL_AT, f"sigkill_straight_{nproc}"
+    straight = request.getfixturevalue(f"ranks_{nproc}").dir(name) / "run"
+    common = [*BASE, *RUNS[name][1]]
 
     killed, probe = tmp_path / "killed", tmp_path / "probe"
-    cmd = worker_cmd(nproc, probe, killed, [*QUIET, *common, "train.log_every=1"], ["--hold-at", str(n + 1)])
+    cmd = worker_cmd(nproc, probe, killed, [*common, "train.log_every=1"], ["--hold-at", str(n + 1)])
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -94,7 +98,7 @@ def test_exact_resume_after_sigkill(tmp_path, nproc):
     p = train(killed, *common, "train.resume=auto", nproc=nproc)
     assert f"at step {n}" in p.stdout, p.stdout
     last = f"step-{2 * n:09d}"
-    assert_checkpoints_identical(tmp_path / "straight" / "checkpoints" / last, killed / "checkpoints" / last)
+    assert_checkpoints_identical(straight / "checkpoints" / last, killed / "checkpoints" / last)
 
 
 @pytest.mark.slow
