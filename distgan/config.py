@@ -386,6 +386,10 @@ class RuntimeConfig:
     """On CUDA, hold conv nets' weights and activations channels-last (NHWC: tensor-core convolutions without
     layout transposes). A switch so ``distgan.bench`` can measure it on each GPU (grouped convolutions may
     prefer NCHW); no effect on the CPU."""
+    keep_host_memory: bool = True
+    """On Linux (glibc), keep freed host memory for the next step instead of handing large blocks back to the
+    kernel at every free (see runtime.keep_freed_host_memory: 2x on a CPU R3GAN step). The process then keeps
+    its peak memory."""
     allow_cpu_fp16: bool = False
     """Test-only: allow runtime.precision=fp16 on the CPU (float16 autocast and GradScaler("cpu") exist there,
     slowly), so every loss-scaler path runs in CI. Refused otherwise."""

@@ -33,6 +33,8 @@ def build_accelerator(cfg: Config):
         )
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
+    if cfg.runtime.keep_host_memory:
+        keep_freed_host_memory()
     # accelerate's multi-process launcher does not pass `use_cpu` on to the workers; without cpu=True a
     # CPU-only machine would start processes that never join one group (DistributedType.NO).
     cpu = (
@@ -54,6 +56,25 @@ def build_accelerator(cfg: Config):
     if acc.device.type == "cuda":
         apply_backend_settings(cuda_backend_settings(cfg))
     return acc
+
+
+def keep_freed_host_memory() -> bool:
+    """glibc's malloc serves a block above its mmap threshold (32 MB at most) with its own mmap and unmaps it
+    when it is freed, so a CPU step whose activations are that large (a conv net at batch 64) has the kernel
+    fault in and zero every page of them again, step after step: 40% of a width-64 R3GAN step's CPU time was
+    in the kernel (docs/results.md). mallopt(M_MMAP_MAX, 0) serves every block from the heap, and a trim
+    threshold of 2 GiB keeps what is freed there for the next step. Process-wide and for the rest of the
+    process. True where applied; False where the C library is not glibc (musl, macOS)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
 
 
 def cuda_backend_settings(cfg: Config) -> dict[str, bool]:
