@@ -509,8 +509,9 @@ def main(argv=None) -> int:
     if args.convs:
         return _main_convs(args)
     try:
+        textbook_fits(load(args.config, args.overrides), args.config)
         rows = [("textbook", "eager", []), *trainer_rows(args.precision, args.compile)]
-    except ValueError as e:
+    except (ValueError, ConfigError) as e:
         print(f"distgan: {e}", file=sys.stderr)
         return 2
     results: dict[int, list[dict]] = {i: [] for i in range(len(rows))}
@@ -519,6 +520,18 @@ def main(argv=None) -> int:
             results[i].append(_spawn(args, row, ov))
     _print_table(args, rows, results)
     return 0
+
+
+def textbook_fits(cfg, config: str) -> None:
+    """The textbook row reads torchvision's MNIST (1 channel, 28 px): refuse a config whose networks take
+    other images before any row starts, rather than fail inside one."""
+    d = cfg.data
+    if (d.channels, d.image_size) != (1, 28):
+        raise ValueError(
+            f"the table's textbook loop reads MNIST (1 channel, 28 px) and {config} makes {d.channels}-channel "
+            f"{d.image_size} px images; for this config use --stream (the trainer from shards against the same "
+            f"images in memory) or --convs (r3gan), or run the table on an MNIST config"
+        )
 
 
 COMPILE_MODES = {

@@ -5,6 +5,7 @@ import pytest
 
 from distgan.bench import format_table, gpu_peak, precision_label, trainer_rows
 from distgan.config import load
+from tests.helpers import REPO, call
 
 
 @pytest.mark.parametrize(
@@ -87,3 +88,12 @@ def test_trainer_rows_and_bad_values():
     assert len(trainer_rows("no", "both")) == 2
     with pytest.raises(ValueError, match="fp8"):
         trainer_rows("fp8", "off")
+
+
+def test_the_table_refuses_a_config_its_textbook_loop_cannot_feed_before_any_row_starts():
+    """The textbook row reads MNIST: a 3-channel config failed inside that row's process ("expected
+    input[64, 1, 28, 28] to have 3 channels"). Now a clear error at once, naming what to run instead."""
+    p = call("distgan.bench", "--config", str(REPO / "configs" / "stacked_mnist_r3gan.yaml"), check=False)
+    assert p.returncode == 2 and "3-channel 28 px images" in p.stderr and "--stream" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and p.stdout == ""
+    assert p.stderr.count("distgan: ") == 1
