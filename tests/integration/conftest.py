@@ -92,7 +92,7 @@ class Group:
         self.root, self.nproc = root, nproc
         runs = []
         for n in self.names:
-            _, overrides, probe = RUNS[n]
+            probe = RUNS[n][2]
             d = root / n
             argv = [
                 "--out",
@@ -104,10 +104,15 @@ class Group:
                 "--run-dir",
                 str(d / "run"),
             ]
-            runs.append([*argv, *BASE, *overrides])
+            runs.append([*argv, *self.overrides(n)])
         (root / "runs.json").write_text(json.dumps(runs))
         self.proc = run(launch_cmd(nproc, WORKER, "--batch", str(root / "runs.json")), timeout=600)
         self.stdout = self.proc.stdout
+
+    @staticmethod
+    def overrides(name: str) -> list[str]:
+        """The config overrides run ``name`` was made with (BASE, then its own)."""
+        return [*BASE, *RUNS[name][1]]
 
     def dir(self, name: str) -> Path:
         return self.root / name

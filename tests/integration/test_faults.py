@@ -73,11 +73,11 @@ def test_exact_resume_after_sigkill(tmp_path, nproc, request):
     lands after checkpoint n and before checkpoint 2n on any machine, however fast: no polling race. The
     uninterrupted run is made with the other finishing runs of its world size (conftest.py's groups), with
     the same overrides as the killed one."""
-    from tests.integration.conftest import BASE, RUNS, SIGKILL_AT
+    from tests.integration.conftest import SIGKILL_AT
 
     n, name = SIGKILL_AT, f"sigkill_straight_{nproc}"
-    straight = request.getfixturevalue(f"ranks_{nproc}").dir(name) / "run"
-    common = [*BASE, *RUNS[name][1]]
+    group = request.getfixturevalue(f"ranks_{nproc}")
+    straight, common = group.dir(name) / "run", group.overrides(name)
 
     killed, probe = tmp_path / "killed", tmp_path / "probe"
     cmd = worker_cmd(nproc, probe, killed, [*common, "train.log_every=1"], ["--hold-at", str(n + 1)])
