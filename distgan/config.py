@@ -24,6 +24,7 @@ from distgan.losses import LOSSES
 from distgan.metrics.suite import RGB_METRICS, classifier_metrics, figures_of, needs_inception, parse_metrics
 from distgan.networks import DISCRIMINATORS, GENERATORS, RESNET_DEFAULT_WIDTH, RESNETS, SPECTRAL_NORM
 from distgan.networks.r3gan import SIZES as R3GAN_SIZES
+from distgan.networks.r3gan import stage_widths as r3gan_stage_widths
 
 IDENTITY_KEYS = (
     "train.batch_size",
@@ -73,6 +74,10 @@ class ModelConfig:
     cardinality: int = 0
     """``r3gan``: groups of each block's 3x3 convolution (ResNeXt cardinality); the block's inner width,
     2 x ``width``, must divide by it (0: the architecture's default, 8)."""
+    widths: tuple[int, ...] = ()
+    """``r3gan``: channels of each resolution stage, lowest resolution first (28 px: 7, 14, 28; 32 px: 4 to
+    32; 64 px: 4 to 64), e.g. ``[256, 128, 64]``; in place of ``width``, which every stage has when empty.
+    A channel at half the resolution costs a quarter as much, so widening the low stages buys capacity cheaply."""
 
     def __post_init__(self):
 
@@ -83,19 +88,23 @@ class ModelConfig:
         _positive("model.width", self.width, zero_ok=True)
         _positive("model.blocks", self.blocks, zero_ok=True)
         _positive("model.cardinality", self.cardinality, zero_ok=True)
+        for i, w in enumerate(self.widths):
+            _positive(f"model.widths[{i}]", w)
         uses = [n for n in ("generator", "discriminator") if getattr(self, n) in RESNETS]
-        if (self.blocks or self.cardinality) and not uses:
+        if (self.blocks or self.cardinality or self.widths) and not uses:
             raise ConfigError(
-                f"model.blocks and model.cardinality apply to the residual networks {sorted(RESNETS)}; "
-                f"model.generator={self.generator!r} and model.discriminator={self.discriminator!r} take neither"
+                f"model.blocks, model.cardinality and model.widths apply to the residual networks "
+                f"{sorted(RESNETS)}; model.generator={self.generator!r} and "
+                f"model.discriminator={self.discriminator!r} take none of them"
             )
         if uses and self.cardinality:
-            inner = 2 * (self.width or RESNET_DEFAULT_WIDTH)
-            if inner % self.cardinality:
-                raise ConfigError(
-                    f"model.cardinality={self.cardinality} must divide the blocks' inner width 2 x model.width = "
-                    f"{inner}; choose a divisor of {inner}"
-                )
+            for w, key in [(w, "model.widths") for w in self.widths] or [(self.width, "model.width")]:
+                inner = 2 * (w or RESNET_DEFAULT_WIDTH)
+                if inner % self.cardinality:
+                    raise ConfigError(
+                        f"model.cardinality={self.cardinality} must divide the blocks' inner width 2 x {key} = "
+                        f"{inner}; choose a divisor of {inner}"
+                    )
 
 
 @dataclass
@@ -511,6 +520,11 @@ class Config:
                 f"model r3gan makes {sorted(R3GAN_SIZES)} px square images but the data are {h}x{w}; set "
                 f"data.image_size to one of them"
             )
+        if m.widths:
+            try:
+                r3gan_stage_widths(h, m.width, m.widths)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if m.d_spectral_norm and m.discriminator not in SPECTRAL_NORM:
             raise ConfigError(
                 f"model.d_spectral_norm=true is available for discriminators {sorted(SPECTRAL_NORM)}, "
@@ -577,6 +591,10 @@ def _coerce(key: str, value: Any, tp) -> Any:
         args = typing.get_args(tp)
         if isinstance(value, str):
             value = yaml.safe_load(value)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[int, ...]: any length
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{key}={value!r} must be a list, e.g. [256, 128, 64] (or [] for none)")
+            return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}={value!r} must be a list of {len(args)} values, e.g. [0.5, 0.999]")
         return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
@@ -728,6 +746,8 @@ def reference() -> str:
             tname = (
                 " \\| ".join(repr(a) for a in typing.get_args(tp))
                 if typing.get_origin(tp) is Literal
+                else f"list of {typing.get_args(tp)[0].__name__}"
+                if typing.get_args(tp)[1:] == (Ellipsis,)
                 else getattr(tp, "__name__", str(tp)).replace("|", "\\|")
             )
             default = getattr(getattr(defaults, sec.name), f.name)

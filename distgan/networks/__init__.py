@@ -24,22 +24,29 @@ DISCRIMINATORS = {
 SPECTRAL_NORM = {"dcgan"}
 """Discriminators that take ``spectral_norm=True`` (model.d_spectral_norm)."""
 RESNETS = {"r3gan"}
-"""Architectures that take ``blocks`` and ``cardinality`` (model.blocks, model.cardinality)."""
+"""Architectures that take ``blocks``, ``cardinality`` and ``widths`` (model.blocks, model.cardinality,
+model.widths)."""
 
 __all__ = ["DISCRIMINATORS", "GENERATORS", "RESNETS", "RESNET_DEFAULT_WIDTH", "SPECTRAL_NORM", "build_networks"]
 
 
-def _resnet_kwargs(name: str, blocks: int, cardinality: int) -> dict:
+def _resnet_kwargs(name: str, blocks: int, cardinality: int, widths=()) -> dict:
     if name not in RESNETS:
         return {}
-    return {k: v for k, v in (("blocks", blocks), ("cardinality", cardinality)) if v}
+    return {k: v for k, v in (("blocks", blocks), ("cardinality", cardinality), ("widths", tuple(widths))) if v}
 
 
 def build_generator(
-    name: str, z_dim: int, width: int = 0, image_shape=(1, 28, 28), blocks: int = 0, cardinality: int = 0
+    name: str,
+    z_dim: int,
+    width: int = 0,
+    image_shape=(1, 28, 28),
+    blocks: int = 0,
+    cardinality: int = 0,
+    widths=(),
 ):
     kwargs = {"width": width} if width else {}
-    kwargs.update(_resnet_kwargs(name, blocks, cardinality))
+    kwargs.update(_resnet_kwargs(name, blocks, cardinality, widths))
     return GENERATORS[name](z_dim=z_dim, image_shape=tuple(image_shape), **kwargs)
 
 
@@ -50,9 +57,10 @@ def build_discriminator(
     spectral_norm: bool = False,
     blocks: int = 0,
     cardinality: int = 0,
+    widths=(),
 ):
     kwargs = {"width": width} if width else {}
-    kwargs.update(_resnet_kwargs(name, blocks, cardinality))
+    kwargs.update(_resnet_kwargs(name, blocks, cardinality, widths))
     if spectral_norm:
         kwargs["spectral_norm"] = True
     return DISCRIMINATORS[name](image_shape=tuple(image_shape), **kwargs)
@@ -60,8 +68,8 @@ def build_discriminator(
 
 def build_networks(cfg):
     """(G, D) for a :class:`distgan.config.Config`: architecture, width, image shape, spectral norm, and the
-    residual networks' blocks and cardinality."""
+    residual networks' blocks, cardinality and per-stage widths."""
     m, shape = cfg.model, cfg.data.image_shape
-    G = build_generator(m.generator, m.z_dim, m.width, shape, m.blocks, m.cardinality)
-    D = build_discriminator(m.discriminator, m.width, shape, m.d_spectral_norm, m.blocks, m.cardinality)
+    G = build_generator(m.generator, m.z_dim, m.width, shape, m.blocks, m.cardinality, m.widths)
+    D = build_discriminator(m.discriminator, m.width, shape, m.d_spectral_norm, m.blocks, m.cardinality, m.widths)
     return G, D

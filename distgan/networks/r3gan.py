@@ -14,7 +14,9 @@ NeurIPS 2024), for 28, 32 and 64 px and 1 or 3 channels.
 - Stages: G starts from a learned 4x4 (7x7 at 28 px) basis scaled per channel by a linear map of z, then
   one stage per resolution (up-sample, blocks), then a 1x1 convolution to the image; D mirrors it and ends
   with a per-channel convolution over the whole 4x4 (7x7) map and a linear layer to one logit. Every stage
-  has ``width`` channels.
+  has ``width`` channels, or ``widths[s]`` (lowest resolution first), as R3GAN's configs widen the low
+  resolutions, where a channel costs 4x less per halving; where two stages differ, a 1x1 convolution
+  changes the width at the lower resolution of the two (G: before up-sampling; D: after down-sampling).
 """
 
 from __future__ import annotations
@@ -89,8 +91,30 @@ class Bottleneck(nn.Module):
         return x + self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
 
 
-def _stages(size: int) -> int:
-    return int(math.log2(size // _base(size))) + 1  # 28: 7, 14, 28; 32: 4 .. 32; 64: 4 .. 64
+def stages(size: int) -> int:
+    """Resolution stages of the r3gan networks at ``size`` px: 28: 7, 14, 28; 32: 4 .. 32; 64: 4 .. 64."""
+    return int(math.log2(size // _base(size))) + 1
+
+
+def stage_widths(size: int, width: int, widths=None) -> list[int]:
+    """Channels of each stage, lowest resolution first: ``widths`` if given (one per stage), else ``width``."""
+    n = stages(size)
+    if not widths:
+        return [width] * n
+    if len(widths) != n:
+        raise ValueError(
+            f"model.widths={list(widths)} needs one width per resolution stage: {n} at {size} px "
+            f"({', '.join(str(_base(size) * 2**s) for s in range(n))}), lowest resolution first"
+        )
+    return list(widths)
+
+
+def _transition(c_in: int, c_out: int) -> nn.Conv2d:
+    """1x1 convolution between stages of different widths, variance-preserving (its input is the residual
+    stream, not an activation)."""
+    conv = nn.Conv2d(c_in, c_out, 1, bias=False)
+    nn.init.normal_(conv.weight, 0.0, 1.0 / math.sqrt(c_in))
+    return conv
 
 
 class R3GANGenerator(nn.Module):
@@ -106,22 +130,26 @@ class R3GANGenerator(nn.Module):
         width: int = DEFAULT_WIDTH,
         blocks: int = DEFAULT_BLOCKS,
         cardinality: int = DEFAULT_CARDINALITY,
+        widths=None,
     ):
         super().__init__()
         c, h, w = image_shape
         assert h == w, f"r3gan makes square images, the config asks for {h}x{w}"
-        base, n = _base(h), _stages(h)
-        self.z_dim, self.image_shape, self.width = z_dim, tuple(image_shape), width
-        self.basis = nn.Parameter(torch.randn(width, base, base))
-        self.project = nn.Linear(z_dim, width, bias=False)  # per-channel scale of the learned basis
+        base, ws = _base(h), stage_widths(h, width, widths)
+        n = len(ws)
+        self.z_dim, self.image_shape, self.width = z_dim, tuple(image_shape), ws[0]
+        self.basis = nn.Parameter(torch.randn(ws[0], base, base))
+        self.project = nn.Linear(z_dim, ws[0], bias=False)  # per-channel scale of the learned basis
         nn.init.normal_(self.project.weight, 0.0, 1.0 / math.sqrt(z_dim))
         layers: list[nn.Module] = []
         for s in range(n):
             if s:
-                layers.append(Resample(width, up=True))
-            layers += [Bottleneck(width, cardinality, n * blocks) for _ in range(blocks)]
+                if ws[s] != ws[s - 1]:
+                    layers.append(_transition(ws[s - 1], ws[s]))
+                layers.append(Resample(ws[s], up=True))
+            layers += [Bottleneck(ws[s], cardinality, n * blocks) for _ in range(blocks)]
         self.stages = nn.Sequential(*layers)
-        self.to_image = nn.Conv2d(width, c, 1)
+        self.to_image = nn.Conv2d(ws[-1], c, 1)
         _he(self.to_image)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -139,23 +167,28 @@ class R3GANDiscriminator(nn.Module):
         width: int = DEFAULT_WIDTH,
         blocks: int = DEFAULT_BLOCKS,
         cardinality: int = DEFAULT_CARDINALITY,
+        widths=None,
     ):
         super().__init__()
         c, h, w = image_shape
         assert h == w, f"r3gan judges square images, the config asks for {h}x{w}"
-        base, n = _base(h), _stages(h)
-        self.from_image = nn.Conv2d(c, width, 1)
+        base, ws = _base(h), stage_widths(h, width, widths)[::-1]  # highest resolution first
+        n = len(ws)
+        self.from_image = nn.Conv2d(c, ws[0], 1)
         _he(self.from_image)
         layers: list[nn.Module] = []
         for s in range(n):
-            layers += [Bottleneck(width, cardinality, n * blocks) for _ in range(blocks)]
+            layers += [Bottleneck(ws[s], cardinality, n * blocks) for _ in range(blocks)]
             if s < n - 1:
-                layers.append(Resample(width, up=False))
+                layers.append(Resample(ws[s], up=False))
+                if ws[s + 1] != ws[s]:
+                    layers.append(_transition(ws[s], ws[s + 1]))
         self.stages = nn.Sequential(*layers)
-        self.basis = nn.Conv2d(width, width, base, groups=width, bias=False)  # one base x base filter per channel
+        top = ws[-1]
+        self.basis = nn.Conv2d(top, top, base, groups=top, bias=False)  # one base x base filter per channel
         _he(self.basis)
-        self.out = nn.Linear(width, 1)
-        nn.init.normal_(self.out.weight, 0.0, 1.0 / math.sqrt(width))
+        self.out = nn.Linear(top, 1)
+        nn.init.normal_(self.out.weight, 0.0, 1.0 / math.sqrt(top))
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,7 @@ def test_config_errors_name_the_key():
         load(
             None, ["model.generator=r3gan", "model.discriminator=r3gan", "model.width=8", "model.cardinality=5"], env={}
         )
-    with pytest.raises(ConfigError, match=r"model.blocks and model.cardinality apply to .*'r3gan'"):
+    with pytest.raises(ConfigError, match=r"model.blocks, model.cardinality and model.widths apply to .*'r3gan'"):
         load(None, ["model.blocks=2"], env={})
     with pytest.raises(ConfigError, match=r"model r3gan makes \[28, 32, 64\] px .* 48x48"):
         load(
@@ -74,6 +74,66 @@ def test_config_errors_name_the_key():
         )
     with pytest.raises(ConfigError, match="model.generator='r3gann' is not allowed"):
         load(None, ["model.generator=r3gann"], env={})
+
+
+def _stage_channels(net, kind):
+    """Channels of the Bottlenecks in the order the forward meets them."""
+    return [m.conv1.in_channels for m in net.stages if isinstance(m, kind)]
+
+
+@pytest.mark.parametrize("size, widths", [(28, [48, 24, 8]), (32, [32, 32, 16, 8]), (64, [40, 32, 24, 16, 8])])
+def test_per_stage_widths(size, widths):
+    """model.widths: each resolution stage has its own channels (lowest resolution first in the config; D
+    meets them from the highest), 1x1 transitions only where two stages differ, and the images and logits
+    keep their shapes."""
+    torch.manual_seed(0)
+    shape = (3, size, size)
+    G = build_generator("r3gan", 16, 0, shape, blocks=2, cardinality=4, widths=widths)
+    D = build_discriminator("r3gan", 0, shape, blocks=2, cardinality=4, widths=widths)
+    assert _stage_channels(G, Bottleneck) == [w for w in widths for _ in range(2)]
+    assert _stage_channels(D, Bottleneck) == [w for w in widths[::-1] for _ in range(2)]
+    changes = sum(a != b for a, b in zip(widths, widths[1:]))
+    for net in (G, D):
+        trans = [m for m in net.stages if isinstance(m, nn.Conv2d)]
+        assert len(trans) == changes and all(m.kernel_size == (1, 1) for m in trans)
+    assert G.basis.shape[0] == widths[0] and D.out.in_features == widths[0] and G.to_image.in_channels == widths[-1]
+    x = G(torch.randn(3, 16))
+    assert x.shape == (3, *shape) and D(x).shape == (3,)
+
+
+def test_equal_widths_are_the_uniform_network():
+    """widths all equal to width builds the very network of width alone (same tensors under one seed), so
+    the checkpoints of configs without model.widths still load."""
+    nets = []
+    for kw in ({}, {"widths": (8, 8, 8)}):
+        torch.manual_seed(0)
+        nets.append(
+            (
+                build_generator("r3gan", 16, 8, (1, 28, 28), 1, 4, **kw),
+                build_discriminator("r3gan", 8, (1, 28, 28), blocks=1, cardinality=4, **kw),
+            )
+        )
+    for a, b in zip(*nets):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_widths_config_errors_name_the_key():
+    r3 = ["model.generator=r3gan", "model.discriminator=r3gan"]
+    cfg = load(None, [*r3, "model.widths=[32, 16, 8]", "model.cardinality=4"], env={})
+    assert cfg.model.widths == (32, 16, 8) and cfg.to_dict()["model"]["widths"] == [32, 16, 8]
+    with pytest.raises(
+        ConfigError, match=r"model.widths=\[32, 16\] needs one width per resolution stage: 3 at 28 px \(7, 14, 28\)"
+    ):
+        load(None, [*r3, "model.widths=[32,16]"], env={})
+    with pytest.raises(ConfigError, match=r"model.cardinality=4 must divide .* 2 x model.widths = 6"):
+        load(None, [*r3, "model.widths=[32,16,3]", "model.cardinality=4"], env={})
+    with pytest.raises(ConfigError, match=r"model.widths\[1\]=0 must be"):
+        load(None, [*r3, "model.widths=[32,0,8]"], env={})
+    with pytest.raises(ConfigError, match=r"model.widths=7 must be a list"):
+        load(None, [*r3, "model.widths=7"], env={})
+    with pytest.raises(ConfigError, match=r"model.widths apply to the residual networks"):
+        load(None, ["model.widths=[8,8,8]"], env={})
 
 
 @pytest.mark.slow  # importing the bench's dependencies takes seconds
