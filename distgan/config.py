@@ -73,7 +73,7 @@ class ModelConfig:
     """``r3gan``: residual blocks per resolution stage (0: the architecture's default, 2)."""
     cardinality: int = 0
     """``r3gan``: groups of each block's 3x3 convolution (ResNeXt cardinality); the block's inner width,
-    2 x ``width``, must divide by it (0: the architecture's default, 8)."""
+    2 x ``width`` (2 x each of ``widths``), must divide by it (0: the architecture's default, 8)."""
     widths: tuple[int, ...] = ()
     """``r3gan``: channels of each resolution stage, lowest resolution first (28 px: 7, 14, 28; 32 px: 4 to
     32; 64 px: 4 to 64), e.g. ``[256, 128, 64]``; in place of ``width``, which every stage has when empty.

@@ -14,8 +14,8 @@ NeurIPS 2024), for 28, 32 and 64 px and 1 or 3 channels.
 - Stages: G starts from a learned 4x4 (7x7 at 28 px) basis scaled per channel by a linear map of z, then
   one stage per resolution (up-sample, blocks), then a 1x1 convolution to the image; D mirrors it and ends
   with a per-channel convolution over the whole 4x4 (7x7) map and a linear layer to one logit. Every stage
-  has ``width`` channels, or ``widths[s]`` (lowest resolution first), as R3GAN's configs widen the low
-  resolutions, where a channel costs 4x less per halving; where two stages differ, a 1x1 convolution
+  has ``width`` channels, or ``widths[s]`` (lowest resolution first): a channel costs 4x less at each
+  halving of the resolution, so the low stages can be wide. Where two stages differ, a 1x1 convolution
   changes the width at the lower resolution of the two (G: before up-sampling; D: after down-sampling).
 """
 
