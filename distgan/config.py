@@ -451,7 +451,9 @@ class EvalConfig:
     num: int = 5_000
     """Samples generated for each in-training evaluation, split over the ranks in blocks."""
     metrics: str = "fd,cs,modes"
-    """Comma list of metrics (``distgan.metrics.suite.METRICS``); fd, cs and modes take seconds."""
+    """Comma list of metrics (``distgan.metrics.suite.METRICS``); fd, cs and modes take seconds. ``overfit``
+    (any data): D's mean logit on training reals, held-out reals and fakes, and ``d_overfit``, how far
+    held-out reals have moved towards fakes (StyleGAN2-ADA's overfitting measure; ``metrics/overfit.py``)."""
     best_metric: str = "fd"
     """Keep the checkpoint with the best value of this figure as ``checkpoints/best`` (empty: no best).
     Lower is better for fd, mode_kl and memorised_share; higher for the others."""
@@ -548,7 +550,7 @@ class Config:
                     f"python -m distgan.metrics.train_classifier --shards), or eval.every=0"
                 )
             d = self.data
-            held_out = needs_inception(metrics) or (self.eval.classifier and mnist_like)
+            held_out = needs_inception(metrics) or (self.eval.classifier and mnist_like) or "overfit" in metrics
             if held_out and d.dataset == "webdataset" and not (d.val_urls.strip() or d.holdout_shards):
                 raise ConfigError(
                     f"eval.metrics={self.eval.metrics!r} compares against held-out images: set data.val_urls "

@@ -38,11 +38,15 @@ from distgan.data import data_root
 from distgan.data.mnist import DataError, load_split
 from distgan.data.source import validation_source
 from distgan.generate import fixed_noise, generate
-from distgan.metrics import fidelity, inception, suite
+from distgan.metrics import fidelity, inception, overfit, suite
 from distgan.metrics.classifier import classifier_info, features_and_probs, load_classifier
 from distgan.metrics.suite import FIGURES, parse_metrics
 from distgan.runtime import gather_objects, leave_process_group
 from distgan.sample import load_generator
+
+OVERFIT_NUM = 2000
+"""``eval.metrics=overfit``: at most this many images in each of its three sets (fewer if ``eval.num`` or the
+held-out set is smaller)."""
 
 
 def generate_blocks(
@@ -115,6 +119,17 @@ class InTrainingEval:
         self.extractor = self.reference = None
         self.classifier = cfg.eval.classifier or None
         self.classifier_reference = "valid"
+        self.gap = None
+        if cfg.eval.every and "overfit" in self.metrics:
+            self.gap = overfit.Gap(
+                overfit.training_source(cfg),
+                "mnist:valid" if cfg.data.dataset == "mnist" else validation_source(cfg),
+                cfg.data.root,
+                min(cfg.eval.num, OVERFIT_NUM),
+                cfg.model.noise,
+                cfg.eval.seed,
+                device,
+            )
         if cfg.eval.every and self.classifier:  # fails before anything is written when it does not fit the data
             check_classifier(self.classifier, cfg.data.image_shape)
             self.classifier_reference = validation_source(cfg)
@@ -131,27 +146,37 @@ class InTrainingEval:
                 f"({'cached' if hit else 'computed'}; weights {weights})"
             )
 
-    def score(self, G) -> dict:
+    def score(self, G, D=None, G_train=None) -> dict:
+        """The figures of ``eval.metrics`` for generator ``G`` (the EMA one, if kept); ``overfit`` also needs
+        D and the generator D trains against (``G_train``)."""
 
         e = self.cfg.eval
-        blocks = generate_blocks(
-            G,
-            self.cfg,
-            e.num,
-            e.seed,
-            self.rank,
-            self.world,
-            e.block,
-            self.device,
-            features=bool(suite.FEATURE_METRICS & set(self.metrics)),
-            extractor=self.extractor,
-            classifier=self.classifier,
+        samples = [m for m in self.metrics if m not in suite.D_METRICS]
+        blocks = (
+            {}
+            if not samples
+            else generate_blocks(
+                G,
+                self.cfg,
+                e.num,
+                e.seed,
+                self.rank,
+                self.world,
+                e.block,
+                self.device,
+                features=bool(suite.FEATURE_METRICS & set(self.metrics)),
+                extractor=self.extractor,
+                classifier=self.classifier,
+            )
         )
         blocks = gather_blocks(blocks, self.world)
 
         def compute():
+            res = self.gap.figures(D, G_train if G_train is not None else G) if self.gap else {}
+            if not samples:
+                return res
             a = assemble(blocks)
-            res = suite.compute(
+            res |= suite.compute(
                 a["images"],
                 self.metrics,
                 self.cfg.data.root,
@@ -275,6 +300,13 @@ def main(argv=None) -> int:
         metrics = parse_metrics(args.metrics)
     except ValueError as e:
         print(f"distgan: {e}", file=sys.stderr)
+        return 2
+    if set(metrics) & set(suite.D_METRICS):
+        print(
+            f"distgan: {sorted(set(metrics) & set(suite.D_METRICS))} measure the discriminator while it trains: "
+            f"set it in the run's eval.metrics (its figures are in metrics.jsonl as eval/d_*), not here",
+            file=sys.stderr,
+        )
         return 2
     if (args.num is not None and args.num <= 0) or args.block <= 0:
         print(f"distgan: --num and --block must be positive (got {args.num}, {args.block})", file=sys.stderr)

@@ -424,7 +424,8 @@ class Trainer:
     def evaluate(self) -> dict:
         """Score the EMA generator (else G) on the validation split; every rank gets the figures."""
         self._refresh_ema_bn()
-        return self.evaluator.score(self.G_ema if self.G_ema is not None else self.G.module)
+        G = self.G_ema if self.G_ema is not None else self.G.module
+        return self.evaluator.score(G, D=self.D.module, G_train=self.G.module)
 
     def generate(self, z: torch.Tensor, weights: str = "ema") -> torch.Tensor:
         """uint8 images of the EMA generator (``weights="ema"``, if kept) or of G from noise ``z``."""

@@ -30,6 +30,9 @@ INCEPTION_METRICS = ("fid", "kid", "is", "ipr")
 """Metrics in Inception-v3 features (``fidelity.py``), of any images against reference statistics: fid,
 kid (unbiased), is (Inception Score), ipr (precision/recall, k=3). They need the Inception weights file
 (``inception.py``), so 'all' leaves them out."""
+D_METRICS = ("overfit",)
+"""Metrics of the discriminator, in-training only (``eval.metrics``; ``overfit.py``): overfit, D's outputs on
+training reals, held-out reals and fakes, and how far held-out reals have moved towards fakes."""
 RGB_METRICS = {"stacked"}
 """Metrics of 3-channel 28x28 samples (Stacked MNIST); the others in METRICS need 1-channel MNIST samples."""
 FAST = ("fd", "cs", "modes")
@@ -60,6 +63,7 @@ FIGURES = {
     "stacked_modes": Figure("stacked", False, "Stacked MNIST modes (of 1000)"),
     "stacked_kl": Figure("stacked", True, "Stacked MNIST KL to uniform"),
     "fid": Figure("fid", True, "FID (Inception)"),
+    "d_overfit": Figure("overfit", True, "D overfitting: held-out reals scored towards fakes (0 none, 1 all)"),
     "kid": Figure("kid", True, "KID (Inception)"),
     "is": Figure("is", False, "Inception Score"),
     "inception_precision": Figure("ipr", False, "precision (Inception)"),
@@ -78,11 +82,10 @@ def parse_metrics(text: str) -> tuple[str, ...]:
     """'all' (every metric of METRICS) or a comma list -> a tuple of metric names; ValueError naming the
     unknown ones."""
     names = METRICS if text.strip() == "all" else tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in names if m not in METRICS + INCEPTION_METRICS]
+    known = METRICS + INCEPTION_METRICS + D_METRICS
+    unknown = [m for m in names if m not in known]
     if unknown or not names:
-        raise ValueError(
-            f"unknown metric(s) {unknown or [text]}; choose from {list(METRICS + INCEPTION_METRICS)} or 'all'"
-        )
+        raise ValueError(f"unknown metric(s) {unknown or [text]}; choose from {list(known)} or 'all'")
     return names
 
 
@@ -92,7 +95,7 @@ def needs_inception(metrics) -> bool:
 
 def classifier_metrics(metrics) -> tuple[str, ...]:
     """The metrics of ``metrics`` that the MNIST classifier and pixels compute (:func:`compute`)."""
-    return tuple(m for m in metrics if m not in INCEPTION_METRICS)
+    return tuple(m for m in metrics if m not in INCEPTION_METRICS + D_METRICS)
 
 
 def _cache_dir() -> Path:

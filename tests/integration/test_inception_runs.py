@@ -118,10 +118,15 @@ def test_a_classifier_of_labelled_shards_scores_a_32px_run(tmp_path, shards):
         "train.batch_size=4", "train.max_steps=4", "train.ckpt_every=4", "eval.every=2", "eval.num=8", "eval.block=4",
         "eval.metrics=fd,modes", "eval.best_metric=fd",
     ]  # fmt: skip
-    train_here(tmp_path / "run", *common, f"eval.classifier={clf}")
+    # with D's overfitting measure beside them: 4 training reals (of 12; eval.num 8, the held-out shard 4)
+    train_here(tmp_path / "run", *common[:-2], "eval.metrics=fd,modes,overfit", "eval.best_metric=fd",
+               f"eval.classifier={clf}")  # fmt: skip
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     fds = [r["eval/fd"] for r in rows if "eval/fd" in r]
     assert len(fds) == 2 and all(v > 0 for v in fds) and all(r["eval/modes_total"] == 2 for r in rows if "eval/fd" in r)
+    gaps = [r for r in rows if "eval/d_overfit" in r]
+    assert len(gaps) == 2 and all(np.isfinite(r["eval/d_overfit"]) and r["eval/d_real_train"] != r["eval/d_fake"]
+                                  for r in gaps)  # fmt: skip
     out = tmp_path / "eval.json"
     held_out = shards.replace("{000000..000003}", "000003")
     call("distgan.evaluate", "--checkpoint", str(tmp_path / "run"), "--metrics", "fd,modes", "--num", "8",

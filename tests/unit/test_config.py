@@ -71,6 +71,16 @@ def test_precedence_cli_over_env_over_yaml(tmp_path):
         (["optim.betas=[0.5,nan]"], "optim.betas[1]=nan must be a finite number"),
         (["loss.r1_gamma=-inf"], "loss.r1_gamma=-inf must be a finite number"),
         (["train.allow_changed=optim.lr"], "train.allow_changed: 'optim.lr' is not an identity key"),
+        (
+            [
+                "data.dataset=webdataset",
+                "data.urls=s/train-{0..3}.tar",
+                "eval.every=5",
+                "eval.metrics=overfit",
+                "eval.best_metric=d_overfit",
+            ],
+            "set data.val_urls (shards never trained on) or data.holdout_shards=N",
+        ),  # fmt: skip
         (["max_steps=3"], "must look like section.key=value"),
         (["train.max_steps"], "must look like section.key=value"),
     ],
