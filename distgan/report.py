@@ -17,7 +17,9 @@ from pathlib import Path
 from distgan.atomic import atomic_path
 from distgan.metrics.suite import FIGURES
 
-PANELS = ("fd", "cs", "mode_kl", "precision", "parzen_ll", "memorised_share", "stacked_modes", "stacked_kl")
+PANELS = (
+    "fd", "cs", "mode_kl", "precision", "parzen_ll", "memorised_share", "stacked_modes", "stacked_kl", "d_overfit",
+)  # fmt: skip
 """The figures of distgan.metrics.suite.FIGURES that get a panel (recall is drawn in precision's)."""
 
 
@@ -96,7 +98,7 @@ def make_report(run_dir: Path, out: Path, max_grids: int = 6) -> Path:
         if k == "eval/precision":
             ax.plot(*series(rows, "eval/recall"), marker="o", ms=3, label="recall")
             ax.legend()
-        if log and all(v > 0 for v in vals):
+        if log and all(v > 0 for v in vals) and k != "eval/d_overfit":  # a share, often near 0 or below
             ax.set_yscale("log")
         if vals:
             best = min(range(len(vals)), key=lambda j: vals[j]) if log else max(range(len(vals)), key=lambda j: vals[j])
