@@ -98,7 +98,7 @@ def make_report(run_dir: Path, out: Path, max_grids: int = 6) -> Path:
         if k == "eval/precision":
             ax.plot(*series(rows, "eval/recall"), marker="o", ms=3, label="recall")
             ax.legend()
-        if log and all(v > 0 for v in vals) and k != "eval/d_overfit":  # a share, often near 0 or below
+        if log and FIGURES[k.removeprefix("eval/")].log_axis and all(v > 0 for v in vals):
             ax.set_yscale("log")
         if vals:
             best = min(range(len(vals)), key=lambda j: vals[j]) if log else max(range(len(vals)), key=lambda j: vals[j])

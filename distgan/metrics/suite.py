@@ -47,6 +47,9 @@ class Figure:
     """Which way is better (``eval.best_metric`` and the report's log scale)."""
     title: str
     """How the console line and the report name it."""
+    log_axis: bool = True
+    """The report draws a lower-is-better figure on a log axis while every value is positive; False for a
+    share that sits near 0 and may cross it."""
 
 
 FIGURES = {
@@ -63,7 +66,9 @@ FIGURES = {
     "stacked_modes": Figure("stacked", False, "Stacked MNIST modes (of 1000)"),
     "stacked_kl": Figure("stacked", True, "Stacked MNIST KL to uniform"),
     "fid": Figure("fid", True, "FID (Inception)"),
-    "d_overfit": Figure("overfit", True, "D overfitting: held-out reals scored towards fakes (0 none, 1 all)"),
+    "d_overfit": Figure(
+        "overfit", True, "D overfitting: held-out reals scored towards fakes (0 none, 1 all)", log_axis=False
+    ),
     "kid": Figure("kid", True, "KID (Inception)"),
     "is": Figure("is", False, "Inception Score"),
     "inception_precision": Figure("ipr", False, "precision (Inception)"),
