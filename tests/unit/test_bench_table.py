@@ -97,3 +97,49 @@ def test_the_table_refuses_a_config_its_textbook_loop_cannot_feed_before_any_row
     assert p.returncode == 2 and "3-channel 28 px images" in p.stderr and "--stream" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and p.stdout == ""
     assert p.stderr.count("distgan: ") == 1
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_conv_flops_count_groups_in_the_backward(groups, transposed):
+    """The bench's FLOPs against the multiply-adds written out: forward 2 * N * H_out * W_out * C_out * C_in /
+    groups * 9 (for the transposed layer the input's H, W); each gradient (input, weight) costs the same
+    again. torch's own counter charges a grouped layer's weight gradient as dense (groups x too many)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from distgan.bench import _flops
+
+    n, c_in, c_out, hw = 2, 16, 8, 6
+    layer = (torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d)(c_in, c_out, 3, padding=1, groups=groups)
+    x = torch.randn(n, c_in, hw, hw)
+    forward = 2 * n * hw * hw * c_out * (c_in // groups) * 9  # stride 1, padding 1: H_out = H_in
+    assert _flops(lambda: layer(x)) == forward
+    assert _flops(lambda: layer(x).sum().backward()) == 2 * forward  # weight gradient only: x needs none
+    x.requires_grad_(True)
+    assert _flops(lambda: layer(x).sum().backward()) == 3 * forward
+    with FlopCounterMode(display=False) as torch_count:
+        layer(x).sum().backward()
+    # torch's count: the same where groups = 1; with groups, the dense weight gradient (torch 2.14), or ours
+    # once torch counts groups there.
+    assert torch_count.get_total_flops() in (3 * forward, 2 * forward + groups * forward)
+    if groups == 1:
+        assert torch_count.get_total_flops() == 3 * forward
+
+
+def test_the_host_time_row_shrinks_every_stage_of_a_per_stage_width_config():
+    """The launch-bound figure runs the trainer with the arithmetic taken away; a config with ``model.widths``
+    used to keep its 256-channel stages there (host ms 105 instead of about 25 for the same kernels)."""
+    from distgan.bench import host_config
+    from distgan.networks import build_networks
+
+    cfg = load(REPO / "configs/stacked_mnist_r3gan.yaml", ["data.urls=x.tar"])
+    tiny = host_config(cfg)
+    assert (tiny.train.batch_size, tiny.train.grad_accum) == (8, 1)
+    for net in build_networks(tiny):
+        convs = [m for m in net.modules() if m.__class__.__name__ == "Conv2d"]
+        assert convs and max(max(m.in_channels, m.out_channels) for m in convs) <= 16  # bottlenecks: 2 x 8
+    assert (
+        max(max(m.in_channels, m.out_channels) for m in build_networks(cfg)[1].modules() if hasattr(m, "in_channels"))
+        == 512
+    )
