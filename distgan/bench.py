@@ -8,8 +8,9 @@
     python -m distgan.bench --convs --config configs/mnist_r3gan.yaml [--steps 10] [--repeats 5]
 
 ``--convs``: the regularised D update of a residual (r3gan) config, its grouped 3x3 convolutions against
-dense ones (``model.cardinality=1``), interleaved in one process so a shared machine's load hits both alike;
-and on CUDA, channels-last against NCHW.
+dense ones (``model.cardinality=1``), and the other memory layout (channels-last against NCHW), interleaved in
+one process so a shared machine's load hits all alike. The trainer's layout comes first, as the baseline:
+channels-last on CUDA, NCHW elsewhere.
 
 ``--inception``: Inception feature extraction (FID's cost) through distgan against torch-fidelity's own
 loop on the same images, with the ceiling the GEMM rate allows for the network's FLOPs per image.
@@ -53,6 +54,7 @@ from distgan.data.sampler import BatchLayout
 from distgan.data.stream import StreamBatches, check_urls, expand_urls
 from distgan.generate import sample_noise
 from distgan.networks import build_networks
+from distgan.runtime import preferred_memory_format
 from distgan.torch_private import dispatch_mode
 from distgan.trainer import Trainer
 
@@ -669,34 +671,39 @@ def _main_convs(args) -> int:
         return 2
     dev = torch.device("cuda" if torch.cuda.is_available() and not cfg.runtime.cpu else "cpu")
     card = cfg.model.cardinality or 8
-    variants = [(f"grouped (cardinality {card})", {}, torch.contiguous_format), ("dense 3x3", {"cardinality": 1}, None)]
-    if dev.type == "cuda":
-        variants = [(n + " NHWC", o, torch.channels_last) for n, o, _ in variants] + [
-            (f"grouped (cardinality {card}) NCHW", {}, torch.contiguous_format)
-        ]
+    # The trainer's layout first (its baseline), dense 3x3 in it, then grouped in the other layout.
+    own = preferred_memory_format(dev) if cfg.runtime.channels_last else torch.contiguous_format
+    other = torch.contiguous_format if own == torch.channels_last else torch.channels_last
+    tag = {torch.channels_last: "NHWC", torch.contiguous_format: "NCHW"}
+    variants = [
+        (f"grouped (cardinality {card}) {tag[own]}", {}, own),
+        (f"dense 3x3 {tag[own]}", {"cardinality": 1}, own),
+        (f"grouped (cardinality {card}) {tag[other]}", {}, other),
+    ]
     nets, B = [], cfg.train.batch_size
     x = torch.rand(2 * B, *cfg.data.image_shape, device=dev) * 2 - 1
     for name, over, layout in variants:
         c = build({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], **over}})
         torch.manual_seed(0)
-        D = build_networks(c)[1].to(dev).to(memory_format=layout or torch.contiguous_format)
-        nets.append((name, D, sum(m.weight.numel() for m in D.modules() if isinstance(m, torch.nn.Conv2d))))
+        D = build_networks(c)[1].to(dev).to(memory_format=layout)
+        conv_weights = sum(m.weight.numel() for m in D.modules() if isinstance(m, torch.nn.Conv2d))
+        nets.append((name, D, conv_weights, x.contiguous(memory_format=layout)))
 
-    def update(D):
+    def update(D, x):
         D.zero_grad(set_to_none=True)
         D(x).sum().backward()
         r1, r2 = gradient_penalties(D, x[:B], x[B:])
         (r1 + r2).backward()
 
-    times = {name: [] for name, _, _ in nets}
-    for _, D, _ in nets:  # warm-up
-        update(D)
+    times = {name: [] for name, *_ in nets}
+    for _, D, _, xl in nets:  # warm-up
+        update(D, xl)
     for _ in range(args.repeats):
-        for name, D, _ in nets:
+        for name, D, _, xl in nets:
             _sync(dev)
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                update(D)
+                update(D, xl)
             _sync(dev)
             times[name].append(1e3 * (time.perf_counter() - t0) / args.steps)
     print(
@@ -704,7 +711,7 @@ def _main_convs(args) -> int:
         f"{torch.get_num_threads()} | {args.steps} updates per round, median of {args.repeats} interleaved rounds"
     )
     base = statistics.median(times[nets[0][0]])
-    for name, _, conv_params in nets:
+    for name, _, conv_params, _ in nets:
         ms = statistics.median(times[name])
         print(f"{name:<36}{ms:>9.1f} ms{ms / base:>7.2f}x  conv weights {conv_params}")
     return 0

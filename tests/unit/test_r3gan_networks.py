@@ -155,8 +155,12 @@ def test_bench_convs_times_grouped_against_dense():
         "train.batch_size=2",
     )
     lines = {ln.split("  ")[0]: ln for ln in r.stdout.splitlines() if " ms " in ln}
-    assert set(lines) == {"grouped (cardinality 4)", "dense 3x3"}, r.stdout
+    # The trainer's layout on this CPU (NCHW) first, as the baseline; channels-last measured beside it.
+    assert list(lines) == ["grouped (cardinality 4) NCHW", "dense 3x3 NCHW", "grouped (cardinality 4) NHWC"], r.stdout
     weights = {k: int(v.rsplit(" ", 1)[1]) for k, v in lines.items()}
-    assert weights["dense 3x3"] > weights["grouped (cardinality 4)"]
+    assert (
+        weights["dense 3x3 NCHW"] > weights["grouped (cardinality 4) NCHW"] == weights["grouped (cardinality 4) NHWC"]
+    )
+    assert lines["grouped (cardinality 4) NCHW"].split()[-4] == "1.00x", r.stdout
     with pytest.raises(AssertionError, match="needs a residual discriminator"):
         call("distgan.bench", "--convs", "--config", "configs/debug.yaml")
