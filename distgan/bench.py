@@ -138,8 +138,8 @@ def _sync(device) -> None:
 
 
 def _conv_backward_flops(grad_out_shape, x_shape, w_shape, *args, out_shape, **kwargs) -> int:
-    """FLOPs of ``aten.convolution_backward`` with groups counted. torch's own formula (torch 2.14 and
-    earlier) counts the weight gradient of a grouped convolution as if it were dense, ``groups`` times too
+    """FLOPs of ``aten.convolution_backward`` with groups counted. torch's own formula (as of torch
+    2.14) counts the weight gradient of a grouped convolution as if it were dense, ``groups`` times too
     many (pytorch/pytorch#183405): 4x for the r3gan networks' 3x3 layers, which put their rows above the
     GEMM ceiling. Each gradient is one multiply-add per multiply-add of the forward, so each costs what the
     forward costs; the weight's shape already holds ``in_channels / groups``."""

@@ -129,7 +129,7 @@ def test_conv_flops_count_groups_in_the_backward(groups, transposed):
 
 def test_the_host_time_row_shrinks_every_stage_of_a_per_stage_width_config():
     """The launch-bound figure runs the trainer with the arithmetic taken away; a config with ``model.widths``
-    used to keep its 256-channel stages there (host ms 105 instead of about 25 for the same kernels)."""
+    used to keep its 256-channel stages there (host ms 105 instead of 16 for the same kernels)."""
     from distgan.bench import host_config
     from distgan.networks import build_networks
 
