@@ -65,6 +65,10 @@ FIGURES = {
     "parzen_ll": Figure("parzen", False, "Parzen log-likelihood (nats)"),
     "stacked_modes": Figure("stacked", False, "Stacked MNIST modes (of 1000)"),
     "stacked_kl": Figure("stacked", True, "Stacked MNIST KL to uniform"),
+    "stacked_channel_kl": Figure("stacked", True, "Stacked MNIST: the channels' digit KLs to uniform, summed"),
+    "stacked_unsure": Figure(
+        "stacked", True, "Stacked MNIST: share of digits read below 0.9 confidence", log_axis=False
+    ),
     "fid": Figure("fid", True, "FID (Inception)"),
     "d_overfit": Figure(
         "overfit", True, "D overfitting: held-out reals scored towards fakes (0 none, 1 all)", log_axis=False
@@ -277,17 +281,29 @@ def _cached(name: str, compute) -> torch.Tensor:
     return t
 
 
-def stacked_mnist_modes(images_u8: torch.Tensor) -> dict:
+def stacked_mnist_modes(images_u8: torch.Tensor, sure: float = 0.9) -> dict:
     """Stacked MNIST mode count (the protocol of VEEGAN and PacGAN): classify each channel of
     ``[N, 3, 28, 28]`` samples, mode = 100 a + 10 b + c. ``stacked_modes``: modes with at least one
-    sample (the published figure); ``stacked_kl``: KL(mode histogram || uniform over 1000)."""
-    digits = [features_and_probs(images_u8[:, c : c + 1].contiguous())[1].argmax(1) for c in range(3)]
+    sample (the published figure); ``stacked_kl``: KL(mode histogram || uniform over 1000).
+
+    Two figures say where a KL comes from: ``stacked_channel_kl``, the sum over the three channels of
+    KL(digit histogram || uniform over 10): the joint KL is exactly this plus the channels' total correlation
+    (their dependence, in which the sampling noise of 1000 bins sits: about 0.02 at 26,000 samples of real
+    Stacked MNIST, whose joint KL is 0.023 and channel KL 0.004); ``stacked_unsure``, the share
+    of channel digits the classifier reads with confidence below ``sure``, malformed digits that land in
+    whatever class they resemble (real Stacked MNIST: about 2%)."""
+    probs = [features_and_probs(images_u8[:, c : c + 1].contiguous())[1] for c in range(3)]
+    digits = [p.argmax(1) for p in probs]
     code = digits[0] * 100 + digits[1] * 10 + digits[2]
     hist = torch.bincount(code, minlength=1000)
     st = scores.histogram_stats(hist)
+    channel_kl = sum(scores.histogram_stats(torch.bincount(d, minlength=10))["mode_kl"] for d in digits)
+    unsure = torch.cat([p.max(1).values < sure for p in probs]).double().mean().item()
     return {
         "stacked_modes": int((hist > 0).sum().item()),
         "stacked_kl": st["mode_kl"],
         "stacked_modes_fifth": st["modes"],
+        "stacked_channel_kl": channel_kl,
+        "stacked_unsure": unsure,
         "stacked_num": int(images_u8.shape[0]),
     }

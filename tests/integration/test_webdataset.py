@@ -352,9 +352,17 @@ def test_stacked_mnist_shards_and_mode_metric(tmp_path, data_dir):
         limit += 1
     assert misread <= limit, (misread, limit)
     assert res["stacked_num"] == 300 and abs(res["stacked_modes"] - len(set(y.tolist()))) <= misread
+    # KL(joint || uniform) = the channels' KLs to uniform over 10 + their total correlation, which is >= 0
+    assert 0 < res["stacked_channel_kl"] < res["stacked_kl"]
+    conf = torch.cat([features_and_probs(x[:, c : c + 1].contiguous())[1].amax(1) for c in range(3)])
+    assert res["stacked_unsure"] == pytest.approx((conf < 0.9).double().mean().item(), abs=1e-12)
+    assert res["stacked_unsure"] <= (conf < 0.99).double().mean().item()
     one_mode = x[:1].repeat(300, 1, 1, 1)
     res1 = compute(one_mode, ("stacked",), data_dir)
     assert res1["stacked_modes"] == 1 and res1["stacked_kl"] == pytest.approx(np.log(1000), rel=1e-9)
+    # one digit per channel: every channel's KL is log 10 and the channels carry no total correlation
+    assert res1["stacked_channel_kl"] == pytest.approx(3 * np.log(10), rel=1e-9)
+    assert res1["stacked_unsure"] in (0.0, 1.0)
 
 
 @pytest.mark.slow
