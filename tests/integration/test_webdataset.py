@@ -339,7 +339,8 @@ def test_stacked_mnist_shards_and_mode_metric(tmp_path, data_dir):
     # through the triples it misreads, and each misread triple moves the count by at most one.
     from distgan.metrics.classifier import features_and_probs
 
-    pred = sum(features_and_probs(x[:, c : c + 1].contiguous())[1].argmax(1) * 10 ** (2 - c) for c in range(3))
+    probs = [features_and_probs(x[:, c : c + 1].contiguous())[1] for c in range(3)]
+    pred = sum(p.argmax(1) * 10 ** (2 - c) for c, p in enumerate(probs))
     misread = int((pred != y).sum())
     # A property of the classifier, not of this CPU: 900 digits read at its stated test error e (0.7%) give a
     # Binomial(900, e) count of misreads (mean 6.3); the limit is that law's upper tail at 1e-6.
@@ -354,7 +355,7 @@ def test_stacked_mnist_shards_and_mode_metric(tmp_path, data_dir):
     assert res["stacked_num"] == 300 and abs(res["stacked_modes"] - len(set(y.tolist()))) <= misread
     # KL(joint || uniform) = the channels' KLs to uniform over 10 + their total correlation, which is >= 0
     assert 0 < res["stacked_channel_kl"] < res["stacked_kl"]
-    conf = torch.cat([features_and_probs(x[:, c : c + 1].contiguous())[1].amax(1) for c in range(3)])
+    conf = torch.cat([p.amax(1) for p in probs])
     assert res["stacked_unsure"] == pytest.approx((conf < 0.9).double().mean().item(), abs=1e-12)
     assert res["stacked_unsure"] <= (conf < 0.99).double().mean().item()
     one_mode = x[:1].repeat(300, 1, 1, 1)
