@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import gc
 import os
 import sys
 from pathlib import Path
@@ -85,7 +86,7 @@ def main(argv=None, *, trainer_cls=None, callbacks=()) -> int:
         _error(e)
         leave_process_group()
         return EXIT_BAD_INPUT
-    code = EXIT_OK
+    code, together = EXIT_OK, True
     try:
         trainer.train()
     except StopRequested as e:
@@ -95,11 +96,18 @@ def main(argv=None, *, trainer_cls=None, callbacks=()) -> int:
         # a stream's DataError can hit one rank alone; the others are collective decisions
         _error(e, every_rank=isinstance(e, DataError))
         leave_process_group()  # no barrier first: a DataError may be one rank's alone
-        return exit_code(e)
+        code, together = exit_code(e), False
     else:
         trainer.rank0.print(f"[distgan] finished at step {trainer.step}; checkpoints in {trainer.ckpt_root}")
-    trainer.acc.wait_for_everyone()  # nobody leaves before the final status and checkpoint are written
-    trainer.acc.end_training()
+    if together:
+        trainer.acc.wait_for_everyone()  # nobody leaves before the final status and checkpoint are written
+        trainer.acc.end_training()
+    # The trainer sits in reference cycles, so returning does not free it. Free it now, with the DDP reducers
+    # and the gloo group they still hold after the group's destruction: left to the collection at
+    # interpreter exit, the group's C++ threads run into the interpreter's teardown: rarely, a rank that had
+    # finished aborted there ("terminate called without an active exception", exit -6).
+    del trainer
+    gc.collect()
     return code
 
 

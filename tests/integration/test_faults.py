@@ -1,6 +1,7 @@
 """Fault injection on real processes: exit codes, SIGKILL + exact resume, SIGTERM, corrupted checkpoints,
 NaNs, a full disk, and bad input that must leave everything as it was."""
 
+import gc
 import gzip
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,31 @@ def test_diverged_run_exits_3_from_the_real_entry_point(tmp_path):
     assert "distgan: Diverged: non-finite gradients by step 2" in p.stderr and "Traceback" not in p.stderr
     assert status(tmp_path / "r")["state"] == "diverged" and status(tmp_path / "r")["exit_code"] == 3
     assert not (tmp_path / "r" / "checkpoints").exists(), "a checkpoint was written from a diverged state"
+
+
+def test_main_frees_the_trainer_before_it_returns(tmp_path, monkeypatch):
+    """The trainer sits in reference cycles; main collects it (and the DDP reducers holding the process group)
+    before returning, on a finished run and on an error exit, so no rank's group meets interpreter teardown.
+    The collector is off during each run: without main's own collection the trainer would still be alive."""
+    from distgan.trainer import Trainer
+
+    built = []
+    train_fn = Trainer.train
+
+    def train_and_record(self):
+        built.append(weakref.ref(self))
+        return train_fn(self)
+
+    monkeypatch.setattr(Trainer, "train", train_and_record)
+    runs = [(0, ["train.max_steps=2"]), (3, ["optim.lr=1e30", "train.nonfinite=stop", "train.max_steps=10"])]
+    for n, (code, overrides) in enumerate(runs):
+        gc.disable()
+        try:
+            p = train_here(tmp_path / f"r{n}", *SMALL, "train.log_every=2", *overrides, check=False)
+        finally:
+            gc.enable()
+        assert p.returncode == code, p.stderr[-2000:]
+        assert len(built) == n + 1 and built[n]() is None, f"run {n}: the trainer outlived main"
 
 
 @pytest.mark.slow
