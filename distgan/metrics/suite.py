@@ -183,6 +183,11 @@ def compute(
             f"metrics {wrong} do not apply to {channels}-channel samples; 'stacked' is for 3-channel "
             f"Stacked MNIST, the others for 1-channel MNIST"
         )
+    if [m for m in metrics if m not in RGB_METRICS] and tuple(images_u8.shape[-2:]) != (28, 28):
+        raise ValueError(
+            f"metrics {[m for m in metrics if m not in RGB_METRICS]} compare with MNIST at 28x28; these samples "
+            f"are {tuple(images_u8.shape[1:])}: use the Inception metrics (fid, kid) or a classifier of your data"
+        )
     if "stacked" in metrics:
         out.update(stacked_mnist_modes(images_u8))
     if FEATURE_METRICS & set(metrics):
@@ -281,6 +286,14 @@ def _cached(name: str, compute) -> torch.Tensor:
     return t
 
 
+def to_28px(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` at 28x28, the classifier's size: resized (bilinear, antialiased) if not."""
+    if tuple(images_u8.shape[-2:]) == (28, 28):
+        return images_u8
+    x = torch.nn.functional.interpolate(images_u8.float(), size=(28, 28), mode="bilinear", antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
 def stacked_mnist_modes(images_u8: torch.Tensor, sure: float = 0.9) -> dict:
     """Stacked MNIST mode count (the protocol of VEEGAN and PacGAN): classify each channel of
     ``[N, 3, 28, 28]`` samples, mode = 100 a + 10 b + c. ``stacked_modes``: modes with at least one
@@ -291,7 +304,11 @@ def stacked_mnist_modes(images_u8: torch.Tensor, sure: float = 0.9) -> dict:
     (their dependence, in which the sampling noise of 1000 bins sits: about 0.02 at 26,000 samples of real
     Stacked MNIST, whose joint KL is 0.023 and channel KL 0.004); ``stacked_unsure``, the share
     of channel digits the classifier reads with confidence below ``sure``, malformed digits that land in
-    whatever class they resemble (real Stacked MNIST: about 2%)."""
+    whatever class they resemble (real Stacked MNIST: about 2%).
+
+    Samples of another size (a model trained on ``make_shards --from stacked_mnist --size 32`` or ``64``
+    shards) are read at 28 px after an antialiased bilinear resize, the way those shards were made in reverse."""
+    images_u8 = to_28px(images_u8)
     probs = [features_and_probs(images_u8[:, c : c + 1].contiguous())[1] for c in range(3)]
     digits = [p.argmax(1) for p in probs]
     code = digits[0] * 100 + digits[1] * 10 + digits[2]

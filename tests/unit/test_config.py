@@ -81,6 +81,17 @@ def test_precedence_cli_over_env_over_yaml(tmp_path):
             ],
             "set data.val_urls (shards never trained on) or data.holdout_shards=N",
         ),  # fmt: skip
+        (
+            [
+                "data.dataset=webdataset",
+                "data.urls=s/train-{0..3}.tar",
+                "data.image_size=64",
+                "data.channels=3",
+                "eval.every=5",
+                "eval.metrics=stacked,fd",
+            ],
+            "['fd'] use an MNIST classifier and need 28x28 images; the data are 3x64x64",
+        ),  # fmt: skip
         (["max_steps=3"], "must look like section.key=value"),
         (["train.max_steps"], "must look like section.key=value"),
     ],
@@ -89,6 +100,25 @@ def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=None) as e:
         load(None, overrides, env={})
     assert message in str(e.value)
+
+
+def test_stacked_mnist_modes_are_read_at_any_size():
+    # 'stacked' resizes samples to the classifier's 28 px (Stacked MNIST shards made at 32 or 64 px)
+    for size in (32, 64):
+        cfg = load(
+            None,
+            [
+                "data.dataset=webdataset",
+                "data.urls=s/train-{0..3}.tar",
+                f"data.image_size={size}",
+                "data.channels=3",
+                "eval.every=5",
+                "eval.metrics=stacked",
+                "eval.best_metric=stacked_kl",
+            ],
+            env={},
+        )
+        assert cfg.eval.metrics == "stacked" and cfg.data.image_size == size
 
 
 def test_bad_yaml_file(tmp_path):
