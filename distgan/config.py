@@ -542,12 +542,11 @@ class Config:
                         f"eval.metrics: {wrong} need MNIST; with eval.classifier use fd, cs, modes, pr (and fid, kid, "
                         f"is, ipr)"
                     )
-            elif [x for x in mnist_like if x not in RGB_METRICS] and (h, w) != (28, 28):
+            elif (at_28px := [x for x in mnist_like if x not in RGB_METRICS]) and (h, w) != (28, 28):
                 # 'stacked' reads any size (resized to 28 px: Stacked MNIST shards made at 32 or 64 px)
                 raise ConfigError(
-                    f"eval.metrics={self.eval.metrics!r}: {[x for x in mnist_like if x not in RGB_METRICS]} use an "
-                    f"MNIST classifier and need "
-                    f"28x28 images; the data are {c}x{h}x{w}. Use the Inception metrics (eval.metrics=fid,kid "
+                    f"eval.metrics={self.eval.metrics!r}: {at_28px} use an MNIST classifier and need 28x28 images; "
+                    f"the data are {c}x{h}x{w}. Use the Inception metrics (eval.metrics=fid,kid "
                     f"and eval.best_metric=fid), a classifier of your labelled shards (eval.classifier, made by "
                     f"python -m distgan.metrics.train_classifier --shards), or eval.every=0"
                 )

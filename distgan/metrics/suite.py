@@ -183,9 +183,10 @@ def compute(
             f"metrics {wrong} do not apply to {channels}-channel samples; 'stacked' is for 3-channel "
             f"Stacked MNIST, the others for 1-channel MNIST"
         )
-    if [m for m in metrics if m not in RGB_METRICS] and tuple(images_u8.shape[-2:]) != (28, 28):
+    at_28px = [m for m in metrics if m not in RGB_METRICS]  # 'stacked' reads any size
+    if at_28px and tuple(images_u8.shape[-2:]) != (28, 28):
         raise ValueError(
-            f"metrics {[m for m in metrics if m not in RGB_METRICS]} compare with MNIST at 28x28; these samples "
+            f"metrics {at_28px} compare with MNIST at 28x28; these samples "
             f"are {tuple(images_u8.shape[1:])}: use the Inception metrics (fid, kid) or a classifier of your data"
         )
     if "stacked" in metrics:
