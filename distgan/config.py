@@ -21,7 +21,14 @@ import yaml
 from distgan.augment import parse as parse_augment
 from distgan.errors import ConfigError  # noqa: F401 - re-exported: ``from distgan.config import ConfigError``
 from distgan.losses import LOSSES
-from distgan.metrics.suite import RGB_METRICS, classifier_metrics, figures_of, needs_inception, parse_metrics
+from distgan.metrics.suite import (
+    RGB_METRICS,
+    classifier_metrics,
+    figures_of,
+    metrics_at_28px,
+    needs_inception,
+    parse_metrics,
+)
 from distgan.networks import DISCRIMINATORS, GENERATORS, RESNET_DEFAULT_WIDTH, RESNETS, SPECTRAL_NORM
 from distgan.networks.r3gan import SIZES as R3GAN_SIZES
 from distgan.networks.r3gan import stage_widths as r3gan_stage_widths
@@ -542,8 +549,7 @@ class Config:
                         f"eval.metrics: {wrong} need MNIST; with eval.classifier use fd, cs, modes, pr (and fid, kid, "
                         f"is, ipr)"
                     )
-            elif (at_28px := [x for x in mnist_like if x not in RGB_METRICS]) and (h, w) != (28, 28):
-                # 'stacked' reads any size (resized to 28 px: Stacked MNIST shards made at 32 or 64 px)
+            elif (at_28px := metrics_at_28px(metrics)) and (h, w) != (28, 28):
                 raise ConfigError(
                     f"eval.metrics={self.eval.metrics!r}: {at_28px} use an MNIST classifier and need 28x28 images; "
                     f"the data are {c}x{h}x{w}. Use the Inception metrics (eval.metrics=fid,kid "

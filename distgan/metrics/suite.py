@@ -34,7 +34,7 @@ D_METRICS = ("overfit",)
 """Metrics of the discriminator, in-training only (``eval.metrics``; ``overfit.py``): overfit, D's outputs on
 training reals, held-out reals and fakes, and how far held-out reals have moved towards fakes."""
 RGB_METRICS = {"stacked"}
-"""Metrics of 3-channel 28x28 samples (Stacked MNIST); the others in METRICS need 1-channel MNIST samples."""
+"""Metrics of 3-channel samples (Stacked MNIST) of any size; the others in METRICS need 1-channel 28x28 MNIST."""
 FAST = ("fd", "cs", "modes")
 FEATURE_METRICS = {"fd", "cs", "modes", "pr"}
 
@@ -105,6 +105,12 @@ def needs_inception(metrics) -> bool:
 def classifier_metrics(metrics) -> tuple[str, ...]:
     """The metrics of ``metrics`` that the MNIST classifier and pixels compute (:func:`compute`)."""
     return tuple(m for m in metrics if m not in INCEPTION_METRICS + D_METRICS)
+
+
+def metrics_at_28px(metrics) -> list[str]:
+    """The classifier metrics of ``metrics`` that compare with MNIST at 28x28 ('stacked' reads any size:
+    :func:`stacked_mnist_modes` resizes)."""
+    return [m for m in classifier_metrics(metrics) if m not in RGB_METRICS]
 
 
 def _cache_dir() -> Path:
@@ -183,7 +189,7 @@ def compute(
             f"metrics {wrong} do not apply to {channels}-channel samples; 'stacked' is for 3-channel "
             f"Stacked MNIST, the others for 1-channel MNIST"
         )
-    at_28px = [m for m in metrics if m not in RGB_METRICS]  # 'stacked' reads any size
+    at_28px = metrics_at_28px(metrics)
     if at_28px and tuple(images_u8.shape[-2:]) != (28, 28):
         raise ValueError(
             f"metrics {at_28px} compare with MNIST at 28x28; these samples "
