@@ -10,6 +10,7 @@ import datetime
 import os
 import random
 import signal
+import warnings
 
 import numpy as np
 import torch
@@ -245,6 +246,18 @@ def convert_sync_batchnorm(modules: list[nn.Module], device: torch.device, world
             "on CPUs leave it false: BatchNorm statistics are then rank 0's, broadcast by DDP"
         )
     return [nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in modules]
+
+
+def wrap_ddp(acc, module: nn.Module, device: torch.device) -> nn.Module:
+    """``acc.prepare(module)``: DDP over the ranks. On the CPU, DDP's "Grad strides do not match bucket view
+    strides" warning is silenced: there it is a false alarm of R1/R2's double backward through oneDNN
+    convolutions, whose weight gradients (every 1x1 convolution, the per-channel basis) differ from the
+    weights' strides only in dimensions of size 1. Autograd's layout contract ignores those; DDP's check
+    compares strides literally. The memory layout, the bucket copy and every result are the same. On CUDA
+    the warning stays: with channels_last a mismatch there can be real."""
+    if device.type == "cpu":
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides", category=UserWarning)
+    return acc.prepare(module)
 
 
 def preferred_memory_format(device: torch.device) -> torch.memory_format:

@@ -62,6 +62,7 @@ from distgan.runtime import (
     set_rng_state,
     step_seed,
     to_memory_format,
+    wrap_ddp,
 )
 from distgan.torch_private import fused_optimizer_devices, is_batchnorm
 from distgan.tracking import NullTracker, Tracker
@@ -145,7 +146,7 @@ class Trainer:
         nets = {}
         for name, module, lr in (("G", G, cfg.optim.lr_g or cfg.optim.lr), ("D", D, cfg.optim.lr)):
             compiled = maybe_compile(module, cfg, self.device)
-            wrapped = acc.prepare(compiled) if self.world > 1 else compiled
+            wrapped = wrap_ddp(acc, compiled, self.device) if self.world > 1 else compiled
             nets[name] = Net(
                 module,
                 compiled,

@@ -81,11 +81,13 @@ def test_every_config_trains_on_odd_and_large_world_sizes(tmp_path, shards, worl
 
     worker = str(REPO / "tests" / "integration" / "configs_worker.py")
     # one rank alone gets both cores, as a user's one-process run does
-    run(
+    p = run(
         launch_cmd(world, worker, str(tmp_path), *shards, *names),
         env={"OMP_NUM_THREADS": "2"} if world == 1 else None,
         timeout=560,
     )
+    # DDP's false alarm on R1/R2's 1x1 convolution gradients (distgan.runtime.wrap_ddp) is not printed
+    assert "Grad strides do not match" not in p.stderr + p.stdout
     for name in names:
         res = json.loads((tmp_path / f"{name}.json").read_text())
         batch = load(REPO / "configs" / f"{name.replace('_in_memory', '')}.yaml", env={}).train.batch_size
