@@ -83,7 +83,7 @@ def test_figures_equal_torch_fidelity_on_two_folders_and_another_resize_does_not
         return torch.stack(
             [
                 torch.from_numpy(
-                    np.asarray(Image.fromarray(i.permute(1, 2, 0).numpy()).resize((299, 299), Image.BICUBIC))
+                    np.array(Image.fromarray(i.permute(1, 2, 0).numpy()).resize((299, 299), Image.BICUBIC))
                 ).permute(2, 0, 1)
                 for i in x
             ]
